@@ -1,0 +1,72 @@
+/*
+ * pool.h - a worker's upstream connection pools, one per cluster endpoint,
+ * keyed by (cluster name, endpoint name) so they can survive a config reload.
+ * Only the owning worker touches its pool.
+ */
+#ifndef CUTOVER_POOL_H
+#define CUTOVER_POOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "../config/config.h"
+
+struct upconn;
+struct worker;
+
+TAILQ_HEAD(upconn_list, upconn);
+
+/* One endpoint of a cluster as seen by one worker. */
+struct ep_pool {
+    char *cluster_name;
+    char *endpoint_name;           /* "HOST:PORT" */
+    uint32_t max_idle;             /* from the newest config that has this endpoint */
+    uint64_t idle_timeout_ms;
+    bool retired;                  /* left the config: connections are not parked */
+    size_t addr_rr;                /* round robin over the endpoint's addresses */
+    struct upconn_list idle;       /* idle keep-alive connections, most recent first */
+    unsigned n_idle;
+    unsigned n_active;
+};
+
+struct cluster_pool {
+    struct ep_pool **eps; /* one per endpoint of the cluster, config order */
+    size_t n_eps;
+    size_t rr;            /* round robin over endpoints */
+};
+
+struct pool {
+    struct worker *worker;
+    const struct config *cfg;  /* config the index below was built for */
+    struct cluster_pool *clusters; /* indexed by cluster_conf.index */
+    size_t n_clusters;
+    struct ep_pool **all;      /* every ep_pool ever created and still referenced */
+    size_t n_all;
+    size_t rr;                 /* round robin for streams of older snapshots */
+};
+
+struct pool *pool_new(struct worker *w, const struct config *cfg);
+
+/* Rebuild the index for a new config; endpoint pools carry over by name,
+ * pools of endpoints that left the config close their idle connections. */
+void pool_update(struct pool *p, const struct config *cfg);
+
+/* Next endpoint of `cluster` (of any live config snapshot) by round robin;
+ * *endpoint is set to the endpoint's config in that snapshot. */
+struct ep_pool *pool_pick(struct pool *p, const struct cluster_conf *cluster, const struct endpoint_conf **endpoint);
+
+/* Pop an idle connection, or NULL. */
+struct upconn *pool_take_idle(struct ep_pool *ep);
+
+/* Park an idle connection; returns CO_DECLINED (caller closes it) when full. */
+int pool_put_idle(struct ep_pool *ep, struct upconn *c);
+
+/* Remove a parked connection (it closed or timed out). */
+void pool_remove_idle(struct ep_pool *ep, struct upconn *c);
+
+/* Close every idle connection and free the pool (worker exit). */
+void pool_free(struct pool *p);
+
+#endif

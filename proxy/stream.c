@@ -1,0 +1,396 @@
+/*
+ * stream.c - one exchange: route, decide the side, relay both ways.
+ */
+#include "stream.h"
+
+#include <event2/buffer.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "accesslog.h"
+#include <stdlib.h>
+
+#include "common.h"
+#include "router.h"
+#include "upstream.h"
+#include "worker.h"
+
+struct stream *stream_new(struct worker *w, const struct stream_down_ops *ops, void *down)
+{
+    struct stream *s = co_calloc(1, sizeof(*s));
+    s->worker = w;
+    s->cfg = config_ref(w->cfg);
+    s->ops = ops;
+    s->down = down;
+    s->split_index = -1;
+    s->content_length = -1;
+    s->version_minor = 1;
+    s->proto = "HTTP/1.1";
+    s->t_start_us = co_now_us();
+    return s;
+}
+
+static void finish(struct stream *s, bool abort)
+{
+    if (s->finished)
+        return;
+    s->finished = true;
+    s->ops->done(s, abort);
+}
+
+static const struct h1_header *find_field(const struct stream *s, const char *name, size_t from)
+{
+    for (size_t i = from; i < s->n_fields; i++)
+        if (co_strieq(s->fields[i].name, s->fields[i].name_len, name))
+            return &s->fields[i];
+    return NULL;
+}
+
+/* Value of cookie `name` in any Cookie field (HTTP/2 may split them). */
+static bool find_cookie(const struct stream *s, const char *name, const char **val, size_t *len)
+{
+    for (size_t i = 0; i < s->n_fields; i++) {
+        const struct h1_header *f = &s->fields[i];
+        if (co_strieq(f->name, f->name_len, "cookie") && decide_find_cookie(f->value, f->value_len, name, val, len) == CO_OK)
+            return true;
+    }
+    return false;
+}
+
+static void hex64(char *out, uint64_t a, uint64_t b)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 0; i < 16; i++) {
+        out[i] = digits[(a >> (60 - 4 * i)) & 0xf];
+        out[16 + i] = digits[(b >> (60 - 4 * i)) & 0xf];
+    }
+    out[32] = '\0';
+}
+
+/* Pick the split entry: override > sticky > weight (DESIGN.md). */
+static void decide(struct stream *s)
+{
+    const struct route_conf *r = s->route;
+    struct worker *w = s->worker;
+    int idx = -1;
+
+    if (r->override.enabled) {
+        const char *v = NULL;
+        size_t vlen = 0;
+        bool present = false;
+        if (r->override.header) {
+            const struct h1_header *f = find_field(s, r->override.header, 0);
+            if (f) {
+                v = f->value;
+                vlen = f->value_len;
+                present = true;
+            }
+        }
+        if (!present && r->override.cookie)
+            present = find_cookie(s, r->override.cookie, &v, &vlen);
+        if (present) {
+            idx = decide_check_override(r, v, vlen);
+            if (idx < 0) {
+                s->override_rejected = true;
+                w->metrics.override_rejected++;
+            } else {
+                s->reason = DECIDE_OVERRIDE;
+            }
+        }
+    }
+
+    if (idx < 0 && r->sticky.kind != STICKY_NONE) {
+        const char *key = NULL;
+        size_t klen = 0;
+        switch (r->sticky.kind) {
+        case STICKY_COOKIE:
+            if (!find_cookie(s, r->sticky.name, &key, &klen) || klen == 0 || klen > 128) {
+                /* First visit (or a cookie we would not have issued): issue one. */
+                hex64(s->new_cookie, worker_random(w), worker_random(w));
+                key = s->new_cookie;
+                klen = 32;
+            }
+            break;
+        case STICKY_HEADER: {
+            const struct h1_header *f = find_field(s, r->sticky.name, 0);
+            if (f && f->value_len > 0) {
+                key = f->value;
+                klen = f->value_len;
+            }
+            break;
+        }
+        case STICKY_CLIENT_IP:
+            key = s->client_ip;
+            klen = strlen(s->client_ip);
+            break;
+        case STICKY_NONE:
+            break;
+        }
+        if (key) {
+            idx = decide_sticky(r, decide_bucket(key, klen));
+            s->reason = DECIDE_STICKY;
+        }
+    }
+
+    if (idx < 0) {
+        idx = decide_weight(&w->wrr[r->index], r);
+        s->reason = DECIDE_WEIGHT;
+    }
+    s->split_index = idx;
+    s->cluster = r->split[idx].cluster;
+    w->metrics.reason[s->reason]++;
+}
+
+void stream_start(struct stream *s)
+{
+    s->route = router_match(s->cfg, s->host, s->host_len, s->target, s->target_len);
+    if (s->route == NULL) {
+        s->worker->metrics.no_route++;
+        stream_respond(s, 404, "no route for this host and path\n");
+        return;
+    }
+    decide(s);
+    s->body_buf = evbuffer_new();
+    s->attempts = 1;
+    s->t_up_start_us = co_now_us();
+    upconn_start(s, false);
+}
+
+static void pump_body(struct stream *s)
+{
+    if (!s->has_body || s->body_done || s->up == NULL || s->finished)
+        return;
+    uint64_t max_body = s->cfg->limits.max_body_bytes;
+    for (;;) {
+        size_t pending = upconn_pending(s->up);
+        if (pending >= STREAM_HIGH_WATER)
+            return; /* resumed from stream_up_writable() */
+        bool eof = false;
+        long n = s->ops->read_body(s, s->body_buf, STREAM_HIGH_WATER - pending, &eof);
+        if (n < 0) {
+            /* Framing error in the request body: never forward the rest. */
+            struct upconn *up = s->up;
+            s->up = NULL;
+            upconn_release(up, false);
+            if (!s->resp_started)
+                stream_respond(s, 400, "malformed request body\n");
+            else
+                finish(s, true);
+            return;
+        }
+        if (n > 0) {
+            s->body_started = true;
+            s->bytes_in += (uint64_t)n;
+            if (max_body && s->bytes_in > max_body) {
+                struct upconn *up = s->up;
+                s->up = NULL;
+                upconn_release(up, false);
+                s->worker->metrics.bad_requests++;
+                if (!s->resp_started)
+                    stream_respond(s, 413, "request body too large\n");
+                else
+                    finish(s, true);
+                return;
+            }
+        }
+        if (n > 0 || eof)
+            upconn_send_body(s->up, s->body_buf, eof);
+        if (eof) {
+            s->body_done = true;
+            return;
+        }
+        if (n == 0)
+            return; /* wait for stream_on_body_readable() */
+    }
+}
+
+void stream_on_body_readable(struct stream *s)
+{
+    pump_body(s);
+}
+
+void stream_up_writable(struct stream *s)
+{
+    pump_body(s);
+}
+
+void stream_up_connected(struct stream *s)
+{
+    if (s->expect_continue && s->has_body && !s->body_started)
+        s->ops->send_continue(s);
+    if (!s->has_body)
+        s->body_done = true;
+    pump_body(s);
+}
+
+void stream_up_failed(struct stream *s, int status, const char *why, bool retryable)
+{
+    struct worker *w = s->worker;
+    s->up = NULL;
+    if (retryable && !s->body_started && !s->resp_started && s->attempts < 2) {
+        s->attempts++;
+        w->metrics.upstream_retries++;
+        log_warn("request %s to cluster %s: %s; retrying on a new connection", s->request_id, s->cluster->name, why);
+        upconn_start(s, true);
+        return;
+    }
+    log_warn("request %s to cluster %s endpoint %s: %s; answering %d", s->request_id, s->cluster->name, s->endpoint, why,
+             s->resp_started ? 0 : status);
+    s->t_up_end_us = co_now_us();
+    if (!s->resp_started)
+        stream_respond(s, status, status == 504 ? "upstream timed out\n" : "upstream unavailable\n");
+    else
+        finish(s, true);
+}
+
+void stream_up_head(struct stream *s, int status, const struct h1_header *fields, size_t n, int64_t content_length)
+{
+    struct h1_header out[H1_MAX_HEADERS + 2];
+    char cookie[256];
+    size_t k = 0;
+    for (size_t i = 0; i < n && k < H1_MAX_HEADERS; i++)
+        out[k++] = fields[i];
+    if (s->new_cookie[0]) {
+        const struct sticky_conf *st = &s->route->sticky;
+        int len = snprintf(cookie, sizeof(cookie), "%s=%s; Path=/; Max-Age=%" PRIu64 "; HttpOnly; SameSite=Lax%s", st->name,
+                           s->new_cookie, st->max_age_s, s->tls ? "; Secure" : "");
+        out[k].name = "set-cookie";
+        out[k].name_len = 10;
+        out[k].value = cookie;
+        out[k].value_len = (size_t)len < sizeof(cookie) ? (size_t)len : sizeof(cookie) - 1;
+        k++;
+    }
+    s->t_up_end_us = co_now_us();
+    s->status = status;
+    s->resp_started = true;
+    s->ops->send_head(s, status, out, k, content_length);
+}
+
+bool stream_up_data(struct stream *s, struct evbuffer *src)
+{
+    s->bytes_out += evbuffer_get_length(src);
+    return s->ops->send_data(s, src);
+}
+
+void stream_up_end(struct stream *s)
+{
+    struct upconn *up = s->up;
+    s->up = NULL;
+    s->resp_done = true;
+    /* Reusable only when the request went out whole: otherwise the upstream
+     * may still be waiting for body bytes that will never come. */
+    if (up)
+        upconn_release(up, s->body_done || !s->has_body);
+    s->ops->send_end(s);
+    finish(s, false);
+}
+
+void stream_on_down_writable(struct stream *s)
+{
+    if (s->up && !s->finished)
+        upconn_resume(s->up);
+}
+
+void stream_abort(struct stream *s)
+{
+    if (s->up) {
+        struct upconn *up = s->up;
+        s->up = NULL;
+        upconn_release(up, false);
+    }
+    s->finished = true;
+}
+
+void stream_respond(struct stream *s, int status, const char *body)
+{
+    struct h1_header f[2];
+    size_t len = strlen(body);
+    f[0].name = "content-type";
+    f[0].name_len = 12;
+    f[0].value = "text/plain; charset=utf-8";
+    f[0].value_len = 25;
+    f[1].name = "cache-control";
+    f[1].name_len = 13;
+    f[1].value = "no-store";
+    f[1].value_len = 8;
+    s->status = status;
+    s->resp_started = true;
+    s->ops->send_head(s, status, f, 2, (int64_t)len);
+    if (!s->is_head && len) {
+        struct evbuffer *b = evbuffer_new();
+        evbuffer_add_reference(b, body, len, NULL, NULL);
+        s->bytes_out += len;
+        s->ops->send_data(s, b);
+        evbuffer_free(b);
+    }
+    s->resp_done = true;
+    s->ops->send_end(s);
+    finish(s, false);
+}
+
+static void log_line(struct stream *s)
+{
+    struct accesslog *log = s->worker->log;
+    struct evbuffer *b = accesslog_buffer(log);
+    char ts[96];
+    struct timespec now;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &now);
+    gmtime_r(&now.tv_sec, &tm);
+    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+             tm.tm_min, tm.tm_sec, now.tv_nsec / 1000000);
+    uint64_t end = co_now_us();
+    uint64_t up_us = s->t_up_start_us && s->t_up_end_us > s->t_up_start_us ? s->t_up_end_us - s->t_up_start_us : 0;
+
+    evbuffer_add_printf(b, "{\"time\":\"%s\",\"request_id\":\"", ts);
+    accesslog_json_str(b, s->request_id, strlen(s->request_id));
+    evbuffer_add_printf(b, "\",\"client\":\"%s\",\"proto\":\"%s\",\"method\":\"", s->client_ip, s->proto);
+    accesslog_json_str(b, s->method ? s->method : "", s->method_len);
+    evbuffer_add(b, "\",\"host\":\"", 10);
+    accesslog_json_str(b, s->host ? s->host : "", s->host_len);
+    evbuffer_add(b, "\",\"path\":\"", 10);
+    accesslog_json_str(b, s->target ? s->target : "", s->target_len);
+    evbuffer_add(b, "\",\"route\":", 10);
+    if (s->route) {
+        evbuffer_add(b, "\"", 1);
+        accesslog_json_str(b, s->route->name, strlen(s->route->name));
+        evbuffer_add(b, "\"", 1);
+    } else {
+        evbuffer_add(b, "null", 4);
+    }
+    if (s->cluster)
+        evbuffer_add_printf(b, ",\"cluster\":\"%s\",\"endpoint\":\"%s\",\"decision\":\"%s\"", s->cluster->name, s->endpoint,
+                            decide_reason_name(s->reason));
+    else
+        evbuffer_add(b, ",\"cluster\":null,\"endpoint\":null,\"decision\":null", 47);
+    evbuffer_add_printf(b,
+                        ",\"override_rejected\":%s,\"status\":%d,\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
+                        ",\"duration_ms\":%.3f,\"upstream_ms\":%.3f,\"attempts\":%u,\"completed\":%s}\n",
+                        s->override_rejected ? "true" : "false", s->status, s->bytes_in, s->bytes_out,
+                        (double)(end - s->t_start_us) / 1000.0, (double)up_us / 1000.0, s->attempts,
+                        s->resp_done ? "true" : "false");
+    accesslog_commit(log);
+}
+
+void stream_free(struct stream *s)
+{
+    struct worker *w = s->worker;
+    if (s->up) {
+        struct upconn *up = s->up;
+        s->up = NULL;
+        upconn_release(up, false);
+    }
+    if (s->method) {
+        w->metrics.requests++;
+        w->metrics.status_class[s->resp_done ? (unsigned)(s->status / 100) % 6 : 0]++;
+        log_line(s);
+    }
+    if (s->body_buf)
+        evbuffer_free(s->body_buf);
+    config_unref(s->cfg);
+    free(s->head);
+    free(s->fields);
+    free(s);
+}

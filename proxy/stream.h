@@ -1,0 +1,143 @@
+/*
+ * stream.h - one request/response exchange, independent of the downstream
+ * protocol. A downstream connection (HTTP/1.1 today, HTTP/2 next) creates a
+ * stream once a request head is complete and valid, and drives it through
+ * the ops below; the stream routes it, decides the side, takes an upstream
+ * connection from the worker's pool and relays both bodies with bounded
+ * buffers (backpressure both ways).
+ *
+ * Ownership: the downstream owns the stream. The stream calls ops->done()
+ * exactly once when it has nothing more to do; the downstream then calls
+ * stream_free() (possibly later, never from inside a stream callback chain
+ * that continues to use the stream - stream code returns right after done()).
+ */
+#ifndef CUTOVER_STREAM_H
+#define CUTOVER_STREAM_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "decide.h"
+#include "h1.h"
+
+struct worker;
+struct config;
+struct evbuffer;
+struct upconn;
+struct stream;
+
+/* Bound on bytes queued towards a peer before the other side stops reading. */
+#define STREAM_HIGH_WATER (256 * 1024)
+
+struct stream_down_ops {
+    /* Move up to `max` decoded request-body bytes into dst. Sets *eof when the
+     * body is complete. Returns bytes moved (>= 0), or -1 on a framing error
+     * (the downstream has then already answered/closed and called nothing). */
+    long (*read_body)(struct stream *s, struct evbuffer *dst, size_t max, bool *eof);
+    /* Send the response head. Fields are end-to-end fields only (hop-by-hop
+     * removed); content_length is -1 when unknown (the downstream frames it). */
+    void (*send_head)(struct stream *s, int status, const struct h1_header *fields, size_t n_fields, int64_t content_length);
+    /* Move all of src (response payload) to the client. Returns false when
+     * the client is above its high-water mark: the stream stops reading the
+     * upstream until stream_on_down_writable(). */
+    bool (*send_data)(struct stream *s, struct evbuffer *src);
+    /* The response is complete. */
+    void (*send_end)(struct stream *s);
+    /* Send "100 Continue" (the client sent Expect: 100-continue). */
+    void (*send_continue)(struct stream *s);
+    /* The stream is finished. `abort` is true when the response could not be
+     * completed after its head was sent (the downstream must reset/close). */
+    void (*done)(struct stream *s, bool abort);
+};
+
+struct stream {
+    struct worker *worker;
+    struct config *cfg; /* snapshot this exchange started with (reference held) */
+    const struct stream_down_ops *ops;
+    void *down; /* the downstream connection object */
+
+    /* Request (owned copies). */
+    char *head;                /* arena holding method/target/host/field bytes */
+    const char *method;
+    size_t method_len;
+    const char *target;        /* path+query sent upstream */
+    size_t target_len;
+    const char *host;          /* Host / :authority */
+    size_t host_len;
+    struct h1_header *fields;  /* end-to-end request fields, hop-by-hop removed */
+    size_t n_fields;
+    int version_minor;         /* client's HTTP/1.x minor; 1 for HTTP/2 */
+    bool is_head;
+    bool has_body;             /* a request body follows */
+    int64_t content_length;    /* -1 when the length is unknown (chunked / h2 without c-l) */
+    bool expect_continue;
+    bool tls;                  /* downstream is TLS (X-Forwarded-Proto) */
+    const char *proto;         /* "HTTP/1.1", "HTTP/1.0", "HTTP/2" for logs */
+    char client_ip[INET6_ADDRSTRLEN];
+    char request_id[72];
+
+    /* Decision. */
+    const struct route_conf *route;
+    const struct cluster_conf *cluster;
+    int split_index;
+    enum decide_reason reason;
+    char new_cookie[40]; /* sticky cookie value issued with this response, "" if none */
+    bool override_rejected;
+
+    /* Upstream. */
+    struct upconn *up;
+    char endpoint[80];          /* "name (addr)" of the endpoint used, for logs */
+    bool body_done;             /* whole request body forwarded */
+    bool body_started;          /* some request-body bytes were taken from the client */
+    uint64_t bytes_in;          /* request body bytes */
+    uint64_t bytes_out;         /* response body bytes */
+    unsigned attempts;
+    struct evbuffer *body_buf;  /* scratch for request-body moves */
+
+    /* Response. */
+    int status;
+    bool resp_started; /* head sent downstream */
+    bool resp_done;
+    bool finished;     /* ops->done() was called */
+
+    uint64_t t_start_us;
+    uint64_t t_up_start_us;
+    uint64_t t_up_end_us;
+};
+
+/* Allocate a stream for `down` on worker w with the worker's current config. */
+struct stream *stream_new(struct worker *w, const struct stream_down_ops *ops, void *down);
+
+/*
+ * The request head is filled in (method, target, host, fields, body info):
+ * route, decide, connect. May call ops->done() before returning (e.g. 404).
+ */
+void stream_start(struct stream *s);
+
+/* More request-body bytes are available from the downstream. */
+void stream_on_body_readable(struct stream *s);
+
+/* The downstream drained below its low-water mark: resume the response. */
+void stream_on_down_writable(struct stream *s);
+
+/* The client went away: cancel upstream work now. ops->done() is not called. */
+void stream_abort(struct stream *s);
+
+/* Answer with a locally generated response (error pages, 404). */
+void stream_respond(struct stream *s, int status, const char *body);
+
+/* Free (after done or abort). Writes the access log line. */
+void stream_free(struct stream *s);
+
+/* Callbacks from the upstream connection (upstream_h1.c). */
+void stream_up_connected(struct stream *s);
+void stream_up_failed(struct stream *s, int status, const char *why, bool retryable);
+void stream_up_head(struct stream *s, int status, const struct h1_header *fields, size_t n, int64_t content_length);
+/* Response payload in src; returns false if the downstream is full (stop reading). */
+bool stream_up_data(struct stream *s, struct evbuffer *src);
+void stream_up_end(struct stream *s);
+/* The upstream can take more request body. */
+void stream_up_writable(struct stream *s);
+
+#endif

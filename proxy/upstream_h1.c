@@ -1,0 +1,535 @@
+/*
+ * upstream_h1.c - HTTP/1.1 to an upstream endpoint: connect, send the request
+ * head and body, parse and relay the response, then park in the pool.
+ */
+#include "upstream.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <stdlib.h>
+
+#include "common.h"
+#include "pool.h"
+#include "stream.h"
+#include "worker.h"
+
+/* Response heads larger than this are refused (502). */
+#define UP_MAX_HEAD (64 * 1024)
+/* Read high-water mark: at most this much response is buffered per connection. */
+#define UP_READ_HIGH (64 * 1024)
+
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_write(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
+
+static void set_timeout(struct bufferevent *bev, uint64_t read_ms, uint64_t write_ms)
+{
+    struct timeval r = {(time_t)(read_ms / 1000), (suseconds_t)((read_ms % 1000) * 1000)};
+    struct timeval w = {(time_t)(write_ms / 1000), (suseconds_t)((write_ms % 1000) * 1000)};
+    bufferevent_set_timeouts(bev, read_ms ? &r : NULL, write_ms ? &w : NULL);
+}
+
+static void addr_text(const struct sockaddr *sa, char *out, size_t outlen)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    uint16_t port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+        port = ntohs(in->sin_port);
+        snprintf(out, outlen, "%s:%u", ip, port);
+    } else {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+        port = ntohs(in6->sin6_port);
+        snprintf(out, outlen, "[%s]:%u", ip, port);
+    }
+}
+
+void upconn_free(struct upconn *c)
+{
+    if (c->state == UP_IDLE && c->ep)
+        pool_remove_idle(c->ep, c);
+    else if (c->ep && c->ep->n_active > 0)
+        c->ep->n_active--;
+    if (c->bev)
+        bufferevent_free(c->bev);
+    if (c->tmp)
+        evbuffer_free(c->tmp);
+    free(c);
+}
+
+static void reset_exchange(struct upconn *c)
+{
+    c->head_done = false;
+    c->resp_done = false;
+    c->paused = false;
+    c->keep_alive = false;
+    c->body_kind = H1_BODY_NONE;
+    c->remaining = 0;
+    h1_chunked_init(&c->chunked);
+}
+
+static bool skip_request_field(const struct h1_header *f)
+{
+    /* Replaced by the proxy's own values below. */
+    switch (f->name_len) {
+    case 3:
+        return co_strieq(f->name, 3, "via");
+    case 12:
+        return co_strieq(f->name, 12, "x-request-id");
+    case 15:
+        return co_strieq(f->name, 15, "x-forwarded-for");
+    case 16:
+        return co_strieq(f->name, 16, "x-forwarded-host");
+    case 17:
+        return co_strieq(f->name, 17, "x-forwarded-proto");
+    default:
+        return false;
+    }
+}
+
+static void add_str(struct evbuffer *out, const char *s)
+{
+    evbuffer_add(out, s, strlen(s));
+}
+
+/* Serialise the request head (RFC 9112 §3) with the proxy's fields. */
+static void write_head(struct upconn *c, struct stream *s)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    const struct cluster_conf *cl = s->cluster;
+    const char *xff = NULL, *via = NULL;
+    size_t xff_len = 0, via_len = 0;
+
+    evbuffer_add(out, s->method, s->method_len);
+    evbuffer_add(out, " ", 1);
+    evbuffer_add(out, s->target, s->target_len);
+    evbuffer_add(out, " HTTP/1.1\r\nhost: ", 17);
+    if (cl->host)
+        add_str(out, cl->host);
+    else
+        evbuffer_add(out, s->host, s->host_len);
+    evbuffer_add(out, "\r\n", 2);
+    for (size_t i = 0; i < s->n_fields; i++) {
+        const struct h1_header *f = &s->fields[i];
+        if (skip_request_field(f)) {
+            if (f->name_len == 15 && xff == NULL) {
+                xff = f->value;
+                xff_len = f->value_len;
+            } else if (f->name_len == 3 && via == NULL) {
+                via = f->value;
+                via_len = f->value_len;
+            }
+            continue;
+        }
+        evbuffer_add(out, f->name, f->name_len);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, f->value, f->value_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    /* X-Forwarded-For: append the address we saw to what the client sent
+     * (the usual proxy_add_x_forwarded_for semantics). */
+    evbuffer_add(out, "x-forwarded-for: ", 17);
+    if (xff_len) {
+        evbuffer_add(out, xff, xff_len);
+        evbuffer_add(out, ", ", 2);
+    }
+    add_str(out, s->client_ip);
+    add_str(out, s->tls ? "\r\nx-forwarded-proto: https\r\nx-forwarded-host: " : "\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
+    evbuffer_add(out, s->host, s->host_len);
+    evbuffer_add(out, "\r\nvia: ", 7);
+    if (via_len) {
+        evbuffer_add(out, via, via_len);
+        evbuffer_add(out, ", ", 2);
+    }
+    /* RFC 9110 §7.6.3: received-protocol, then our pseudonym. */
+    add_str(out, s->version_minor == 0 ? "1.0 cutover" : (s->proto[5] == '2' ? "2 cutover" : "1.1 cutover"));
+    add_str(out, "\r\nx-request-id: ");
+    add_str(out, s->request_id);
+    if (s->has_body) {
+        if (s->content_length >= 0)
+            evbuffer_add_printf(out, "\r\ncontent-length: %lld\r\n\r\n", (long long)s->content_length);
+        else
+            evbuffer_add(out, "\r\ntransfer-encoding: chunked\r\n\r\n", 32);
+    } else if (s->method_len == 4 && (memcmp(s->method, "POST", 4) == 0)) {
+        /* RFC 9110 §8.6: a POST without a body should say so. */
+        evbuffer_add(out, "\r\ncontent-length: 0\r\n\r\n", 23);
+    } else if (s->method_len == 3 && memcmp(s->method, "PUT", 3) == 0) {
+        evbuffer_add(out, "\r\ncontent-length: 0\r\n\r\n", 23);
+    } else {
+        evbuffer_add(out, "\r\n\r\n", 4);
+    }
+}
+
+static void attach(struct upconn *c, struct stream *s)
+{
+    c->stream = s;
+    s->up = c;
+    c->state = UP_ACTIVE;
+    reset_exchange(c);
+    snprintf(s->endpoint, sizeof(s->endpoint), "%s", c->addr);
+}
+
+/* Connection ready (fresh or reused): send head, let the stream pump the body. */
+static void begin(struct upconn *c)
+{
+    struct stream *s = c->stream;
+    const struct cluster_conf *cl = s->cluster;
+    set_timeout(c->bev, cl->first_byte_timeout_ms, s->cfg->timeouts.send_ms);
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    write_head(c, s);
+    c->exchanges++;
+    stream_up_connected(s);
+}
+
+void upconn_start(struct stream *s, bool fresh)
+{
+    struct worker *w = s->worker;
+    const struct endpoint_conf *e;
+    struct ep_pool *ep = pool_pick(w->pool, s->cluster, &e);
+    struct upconn *c = fresh ? NULL : pool_take_idle(ep);
+    if (c) {
+        c->reused = true;
+        attach(c, s);
+        ep->n_active++;
+        begin(c);
+        return;
+    }
+
+    size_t ai = ep->addr_rr++ % e->n_addrs;
+    const struct sockaddr *sa = (const struct sockaddr *)&e->addrs[ai];
+
+    c = co_calloc(1, sizeof(*c));
+    c->worker = w;
+    c->ep = ep;
+    c->tmp = evbuffer_new();
+    addr_text(sa, c->addr, sizeof(c->addr));
+    c->state = UP_CONNECTING;
+    c->bev = bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    ep->n_active++;
+    attach(c, s);
+    c->state = UP_CONNECTING;
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, UP_READ_HIGH);
+    bufferevent_setwatermark(c->bev, EV_WRITE, STREAM_HIGH_WATER / 2, 0);
+    set_timeout(c->bev, 0, s->cluster->connect_timeout_ms);
+    if (bufferevent_socket_connect(c->bev, sa, e->addr_lens[ai]) < 0) {
+        int err = errno;
+        char why[160];
+        snprintf(why, sizeof(why), "connect(%s) for endpoint %s failed: %s", c->addr, e->name, strerror(err));
+        snprintf(s->endpoint, sizeof(s->endpoint), "%s", c->addr);
+        s->up = NULL;
+        upconn_free(c);
+        w->metrics.upstream_connect_errors++;
+        stream_up_failed(s, 503, why, false);
+    }
+}
+
+size_t upconn_pending(struct upconn *c)
+{
+    return evbuffer_get_length(bufferevent_get_output(c->bev));
+}
+
+void upconn_send_body(struct upconn *c, struct evbuffer *buf, bool eof)
+{
+    struct stream *s = c->stream;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t len = buf ? evbuffer_get_length(buf) : 0;
+    if (s->content_length >= 0) {
+        if (len)
+            evbuffer_add_buffer(out, buf);
+        return;
+    }
+    if (len) {
+        char line[24];
+        int n = snprintf(line, sizeof(line), "%zx\r\n", len);
+        evbuffer_add(out, line, (size_t)n);
+        evbuffer_add_buffer(out, buf);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (eof)
+        evbuffer_add(out, "0\r\n\r\n", 5);
+}
+
+/* Detach from the stream and report a failure to it. */
+static void fail(struct upconn *c, int status, const char *why, bool retryable)
+{
+    struct stream *s = c->stream;
+    c->stream = NULL;
+    upconn_free(c);
+    if (s) {
+        s->up = NULL;
+        stream_up_failed(s, status, why, retryable);
+    }
+}
+
+static void end_response(struct upconn *c)
+{
+    struct stream *s = c->stream;
+    c->resp_done = true;
+    /* Bytes beyond the framed body mean the upstream and we disagree on
+     * framing: never reuse that connection (RFC 9112 §6.3). */
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+        c->keep_alive = false;
+    stream_up_end(s); /* calls upconn_release() */
+}
+
+/* Relay buffered body bytes to the stream until input runs out, the body
+ * ends, or the downstream is full. */
+static void pump(struct upconn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    while (!c->resp_done && c->stream) {
+        size_t avail = evbuffer_get_length(in);
+        if (avail == 0)
+            return;
+        bool more = true;
+        switch (c->body_kind) {
+        case H1_BODY_LENGTH: {
+            size_t n = avail < c->remaining ? avail : (size_t)c->remaining;
+            evbuffer_remove_buffer(in, c->tmp, n);
+            c->remaining -= n;
+            more = stream_up_data(c->stream, c->tmp);
+            if (c->remaining == 0) {
+                end_response(c);
+                return;
+            }
+            break;
+        }
+        case H1_BODY_CLOSE:
+            evbuffer_remove_buffer(in, c->tmp, avail);
+            more = stream_up_data(c->stream, c->tmp);
+            break;
+        case H1_BODY_CHUNKED: {
+            struct evbuffer_iovec v;
+            if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+                return;
+            size_t off = 0, dlen = 0;
+            long used = h1_chunked_feed(&c->chunked, v.iov_base, v.iov_len, &off, &dlen);
+            if (used < 0) {
+                char why[160];
+                snprintf(why, sizeof(why), "malformed chunked response body from %s: %s", c->addr,
+                         c->chunked.error ? c->chunked.error : "?");
+                c->worker->metrics.upstream_bad_responses++;
+                fail(c, 502, why, false);
+                return;
+            }
+            if (dlen) {
+                evbuffer_drain(in, off);
+                evbuffer_remove_buffer(in, c->tmp, dlen);
+                evbuffer_drain(in, (size_t)used - off - dlen);
+                more = stream_up_data(c->stream, c->tmp);
+            } else {
+                evbuffer_drain(in, (size_t)used);
+            }
+            if (c->chunked.done) {
+                end_response(c);
+                return;
+            }
+            break;
+        }
+        case H1_BODY_NONE:
+            end_response(c);
+            return;
+        }
+        if (!more) {
+            c->paused = true;
+            return;
+        }
+    }
+}
+
+void upconn_resume(struct upconn *c)
+{
+    if (!c->paused)
+        return;
+    c->paused = false;
+    pump(c);
+}
+
+static bool copy_response_field(const struct h1_response *r, const struct h1_header *f)
+{
+    if (h1_is_hop_by_hop(f->name, f->name_len))
+        return false;
+    if (co_strieq(f->name, f->name_len, "content-length"))
+        return false;
+    return !h1_connection_lists(&r->msg, f->name, f->name_len);
+}
+
+static void parse_head(struct upconn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct stream *s = c->stream;
+    struct h1_limits lim = {UP_MAX_HEAD, UP_MAX_HEAD, H1_MAX_HEADERS};
+    for (;;) {
+        size_t avail = evbuffer_get_length(in);
+        if (avail == 0)
+            return;
+        size_t n = avail < UP_MAX_HEAD ? avail : UP_MAX_HEAD;
+        const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+        struct h1_response resp;
+        int r = h1_parse_response(p, n, &lim, &resp);
+        if (r == H1_INCOMPLETE) {
+            if (avail >= UP_MAX_HEAD) {
+                c->worker->metrics.upstream_bad_responses++;
+                fail(c, 502, "response head from upstream too large", false);
+            }
+            return;
+        }
+        if (r < 0) {
+            char why[200];
+            snprintf(why, sizeof(why), "malformed response from %s: %s", c->addr, resp.msg.error ? resp.msg.error : "bad head");
+            c->worker->metrics.upstream_bad_responses++;
+            fail(c, 502, why, false);
+            return;
+        }
+        if (resp.status < 200) {
+            /* 100 Continue was already sent by us; other interim responses
+             * (102, 103) are dropped. 101 needs an Upgrade we never send. */
+            if (resp.status == 101) {
+                c->worker->metrics.upstream_bad_responses++;
+                fail(c, 502, "upstream switched protocols without being asked", false);
+                return;
+            }
+            evbuffer_drain(in, (size_t)r);
+            continue;
+        }
+        c->head_done = true;
+        c->keep_alive = resp.msg.keep_alive;
+        c->body_kind = h1_response_body_kind(&resp, s->is_head);
+        if (c->body_kind == H1_BODY_CLOSE)
+            c->keep_alive = false;
+        c->remaining = c->body_kind == H1_BODY_LENGTH ? (uint64_t)resp.msg.content_length : 0;
+        if (c->body_kind == H1_BODY_LENGTH && c->remaining == 0)
+            c->body_kind = H1_BODY_NONE;
+        /* Filter in place: fields are end-to-end only. */
+        struct h1_header *f = resp.msg.headers;
+        size_t k = 0;
+        for (size_t i = 0; i < resp.msg.n_headers; i++)
+            if (copy_response_field(&resp, &f[i]))
+                f[k++] = f[i];
+        int64_t cl = -1;
+        if (resp.msg.content_length >= 0 && !resp.msg.chunked)
+            cl = resp.msg.content_length;
+        if (resp.status == 204 || resp.status == 304)
+            cl = -1;
+        stream_up_head(s, resp.status, f, k, cl);
+        evbuffer_drain(in, (size_t)r);
+        /* Past the head: an idle read timeout guards a stalled body. */
+        set_timeout(c->bev, c->stream ? s->cluster->first_byte_timeout_ms : 0, s->cfg->timeouts.send_ms);
+        return;
+    }
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct upconn *c = arg;
+    if (c->state == UP_IDLE || c->stream == NULL) {
+        /* An idle upstream must not speak: it is broken or closing. */
+        upconn_free(c);
+        return;
+    }
+    if (!c->head_done) {
+        parse_head(c);
+        if (c->stream == NULL || !c->head_done)
+            return;
+    }
+    if (!c->paused)
+        pump(c);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    struct upconn *c = arg;
+    if (c->stream && c->state == UP_ACTIVE)
+        stream_up_writable(c->stream);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct upconn *c = arg;
+    struct stream *s = c->stream;
+    char why[200];
+
+    if (what & BEV_EVENT_CONNECTED) {
+        int one = 1;
+        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        c->state = UP_ACTIVE;
+        if (s)
+            begin(c);
+        return;
+    }
+    if (c->state == UP_IDLE || s == NULL) {
+        upconn_free(c);
+        return;
+    }
+    if (c->state == UP_CONNECTING) {
+        int err = EVUTIL_SOCKET_ERROR();
+        c->worker->metrics.upstream_connect_errors++;
+        if (what & BEV_EVENT_TIMEOUT)
+            snprintf(why, sizeof(why), "connect(%s) timed out after %llu ms", c->addr,
+                     (unsigned long long)s->cluster->connect_timeout_ms);
+        else
+            snprintf(why, sizeof(why), "connect(%s) failed: %s", c->addr, evutil_socket_error_to_string(err));
+        fail(c, 503, why, false);
+        return;
+    }
+    if (what & BEV_EVENT_TIMEOUT) {
+        c->worker->metrics.upstream_timeouts++;
+        snprintf(why, sizeof(why), "%s from %s timed out", c->head_done ? "response body" : "response head", c->addr);
+        fail(c, 504, why, false);
+        return;
+    }
+    if ((what & BEV_EVENT_EOF) && c->head_done && c->body_kind == H1_BODY_CLOSE) {
+        /* Close-delimited body: EOF is its end. Relay what is left first. */
+        struct evbuffer *in = bufferevent_get_input(bev);
+        if (evbuffer_get_length(in) > 0) {
+            evbuffer_remove_buffer(in, c->tmp, evbuffer_get_length(in));
+            stream_up_data(s, c->tmp);
+        }
+        c->keep_alive = false;
+        end_response(c);
+        return;
+    }
+    /* EOF or error before the response was complete. A reused keep-alive
+     * connection that the upstream closed before answering anything is the
+     * classic pool race: retry once on a fresh connection when no body byte
+     * was taken from the client. */
+    bool nothing = !c->head_done && evbuffer_get_length(bufferevent_get_input(bev)) == 0;
+    bool retry = c->reused && nothing;
+    snprintf(why, sizeof(why), "upstream %s %s %s", c->addr, (what & BEV_EVENT_EOF) ? "closed the connection" : "connection error",
+             c->head_done ? "in the response body" : "before a complete response head");
+    if (!c->head_done)
+        c->worker->metrics.upstream_bad_responses++;
+    fail(c, 502, why, retry);
+}
+
+void upconn_release(struct upconn *c, bool reusable)
+{
+    c->stream = NULL;
+    if (!reusable || !c->keep_alive || !c->resp_done || c->ep == NULL || c->state != UP_ACTIVE) {
+        upconn_free(c);
+        return;
+    }
+    c->ep->n_active--;
+    c->state = UP_IDLE;
+    if (pool_put_idle(c->ep, c) != CO_OK) {
+        c->state = UP_ACTIVE;
+        c->ep->n_active++;
+        upconn_free(c);
+        return;
+    }
+    reset_exchange(c);
+    set_timeout(c->bev, c->ep->idle_timeout_ms, 0);
+    bufferevent_enable(c->bev, EV_READ);
+}

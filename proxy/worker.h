@@ -1,0 +1,67 @@
+/*
+ * worker.h - one worker thread: its event_base, listeners, connections,
+ * upstream pools and counters. Everything reachable from a worker is touched
+ * only by that worker's thread; the main thread talks to it through
+ * event_active() on events created with evthread support.
+ */
+#ifndef CUTOVER_WORKER_H
+#define CUTOVER_WORKER_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "../config/config.h"
+#include "decide.h"
+#include "metrics.h"
+
+struct event_base;
+struct evconnlistener;
+struct event;
+struct accesslog;
+struct pool;
+
+struct worker {
+    unsigned id;
+    pthread_t thread;
+    struct event_base *base;
+    struct config *cfg;        /* current snapshot; new streams take a reference */
+    struct evconnlistener **listeners;
+    size_t n_listeners;
+    struct pool *pool;         /* upstream connection pools (pool.c) */
+    struct decide_wrr *wrr;    /* per route index of cfg: smooth WRR state */
+    struct accesslog *log;     /* buffered access log (accesslog.c) */
+    struct metrics metrics;    /* this worker's counters; summed at scrape */
+    struct event *stop_ev;     /* activated by the main thread on SIGTERM */
+    struct event *swap_ev;     /* activated by the main thread when a new config is ready */
+    pthread_mutex_t swap_lock; /* guards `pending` only (main thread -> worker hand-off) */
+    struct config *pending;    /* next snapshot, owned reference */
+    struct event *drain_timer; /* forced exit after the drain timeout */
+    unsigned n_conns;          /* open downstream connections */
+    int draining;              /* stop accepting; exit when n_conns == 0 */
+    uint64_t rng[2];           /* xorshift128+ state for request ids and cookies */
+};
+
+/* Create worker `id` for cfg: event_base, listeners bound (SO_REUSEPORT).
+ * Returns NULL and logs why on failure. Runs on the main thread. */
+struct worker *worker_new(unsigned id, struct config *cfg);
+
+/* Start the thread. CO_OK / CO_ERROR. */
+int worker_start(struct worker *w);
+
+/* Hand the worker a new snapshot (thread-safe; takes a reference). New
+ * streams use it; streams in flight keep theirs. Listeners are not changed. */
+void worker_set_config(struct worker *w, struct config *cfg);
+
+/* Ask the worker to drain and exit (thread-safe). */
+void worker_stop(struct worker *w);
+
+/* Join and free. */
+void worker_join_free(struct worker *w);
+
+/* Next 64 random bits from the worker's PRNG (not for secrets). */
+uint64_t worker_random(struct worker *w);
+
+/* Called by connections when they close, to finish a drain. */
+void worker_conn_closed(struct worker *w);
+
+#endif
