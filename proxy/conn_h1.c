@@ -20,6 +20,7 @@
 #include <stdlib.h>
 
 #include "common.h"
+#include "conn_h2.h"
 #include "stream.h"
 #include "worker.h"
 
@@ -50,6 +51,7 @@ struct h1conn {
     bool resp_no_body;       /* HEAD / 204 / 304: framing fields only */
     bool body_eof;           /* request body fully read */
     bool tls;
+    bool allow_h2c;          /* cleartext listener: detect the HTTP/2 preface */
     int version_minor;
     enum h1_body_kind body_kind;
     uint64_t body_remaining;
@@ -197,6 +199,20 @@ static bool valid_request_id(const char *v, size_t n)
 
 extern const struct stream_down_ops h1_stream_ops;
 
+/* Hand the socket to an HTTP/2 session; this h1conn ends without closing it. */
+static void switch_to_h2(struct h1conn *c)
+{
+    struct bufferevent *bev = c->bev;
+    struct worker *w = c->worker;
+    char ip[INET6_ADDRSTRLEN];
+    memcpy(ip, c->client_ip, sizeof(ip));
+    bool tls = c->tls;
+    event_free(c->timer);
+    event_free(c->post);
+    free(c);
+    h2conn_start(w, bev, ip, tls);
+}
+
 static void begin_stream(struct h1conn *c, const char *p, size_t head_len, const struct h1_request *req)
 {
     struct worker *w = c->worker;
@@ -265,14 +281,6 @@ static void begin_stream(struct h1conn *c, const char *p, size_t head_len, const
     evtimer_del(c->timer);
     set_timeouts(c, c->body_eof ? 0 : w->cfg->timeouts.body_ms);
 
-    uint64_t max_body = w->cfg->limits.max_body_bytes;
-    if (max_body && c->body_kind == H1_BODY_LENGTH && c->body_remaining > max_body) {
-        c->close_after = true;
-        w->metrics.bad_requests++;
-        stream_respond(s, 413, "request body too large\n");
-        return;
-    }
-    stream_start(s);
 }
 
 static void parse_request(struct h1conn *c)
@@ -291,6 +299,17 @@ static void parse_request(struct h1conn *c)
     struct h1_limits lim = {cfg->limits.max_request_line, cfg->limits.max_header_bytes, cfg->limits.max_headers};
     size_t n = avail < lim.max_header_bytes ? avail : lim.max_header_bytes;
     const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+    if (c->requests == 0 && c->allow_h2c) {
+        /* HTTP/2 with prior knowledge (RFC 9113 §3.3): the client preface. */
+        static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        size_t m = n < 24 ? n : 24;
+        if (memcmp(p, preface, m) == 0) {
+            if (n < 24)
+                return; /* wait for the whole preface */
+            switch_to_h2(c);
+            return;
+        }
+    }
     struct h1_request req;
     int r = h1_parse_request(p, n, &lim, &req);
     if (r == H1_INCOMPLETE) {
@@ -307,12 +326,20 @@ static void parse_request(struct h1conn *c)
         return;
     }
     begin_stream(c, p, (size_t)r, &req);
-    /* The head bytes are copied; drop them (after begin_stream: p points into `in`).
-     * begin_stream may have finished the stream already (404), which only
-     * schedules c->post, so c is still valid here. */
+    /* The head is copied into the stream; drop it from the input before the
+     * stream starts reading the body that follows it. */
     evbuffer_drain(in, (size_t)r);
-    if (c->stream && !c->stream_done && !c->body_eof && evbuffer_get_length(in) > 0)
-        stream_on_body_readable(c->stream);
+    struct stream *s = c->stream;
+    uint64_t max_body = cfg->limits.max_body_bytes;
+    if (max_body && c->body_kind == H1_BODY_LENGTH && c->body_remaining > max_body) {
+        c->close_after = true;
+        c->worker->metrics.bad_requests++;
+        stream_respond(s, 413, "request body too large\n");
+        return;
+    }
+    /* stream_start may finish the stream at once (404, 503): that only
+     * schedules c->post, so c and s stay valid until this callback returns. */
+    stream_start(s);
 }
 
 /* ---- stream ops ---- */
@@ -611,6 +638,7 @@ void h1conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *
     struct h1conn *c = co_calloc(1, sizeof(*c));
     c->worker = w;
     c->tls = tls;
+    c->allow_h2c = !tls;
     if (sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->client_ip, sizeof(c->client_ip));
     else if (sa->sa_family == AF_INET6)
