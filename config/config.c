@@ -1,0 +1,1562 @@
+/*
+ * config.c - load and validate the YAML configuration into a snapshot.
+ *
+ * Two passes. First, libyaml's event API builds a small tree of our own
+ * (struct ynode): that is where untrusted input is bounded - input size,
+ * nesting depth, node count, value length - aliases are refused (a few
+ * bytes of "billion laughs" would otherwise expand into gigabytes), and
+ * ${NAME} is substituted in every value (never in keys). Second, the tree
+ * is walked into a struct config; every key is checked, and the first
+ * problem becomes one line "FILE:LINE:COLUMN: what, expected what".
+ *
+ * The snapshot is allocated before the walk and filled in place, with
+ * arrays zeroed at their final size, so a single config_free() releases
+ * a partly built snapshot on any error path.
+ */
+#include "config/config.h"
+#include "proxy/common.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#define MAX_INPUT (1024u * 1024u) /* bytes of YAML */
+#define MAX_DEPTH 32u             /* nested mappings/lists; the schema needs 5 */
+#define MAX_NODES 100000u         /* scalars + collections in the document */
+#define MAX_VALUE (64u * 1024u)   /* bytes of one value, after ${NAME} substitution */
+#define MAX_VAR_NAME 255u         /* bytes of NAME in ${NAME} */
+#define MAX_ENDPOINT_ADDRS 64u    /* addresses kept per resolved endpoint */
+#define MAX_SPLIT 16u
+#define MAX_WEIGHT 1000000u
+#define MAX_NAME 64u      /* cluster and route names */
+#define MAX_TOKEN 256u    /* header and cookie names */
+#define MAX_HOSTNAME 253u /* RFC 1035 §2.3.4, without the trailing dot */
+#define MAX_PATH 4096u
+
+#define DAY_MS ((uint64_t)86400 * 1000)
+
+/* ------------------------------------------------------------------------- */
+/* The intermediate tree. */
+
+enum ynode_type {
+    YN_SCALAR,
+    YN_LIST,
+    YN_MAP,
+};
+
+struct ynode {
+    enum ynode_type type;
+    unsigned line, column; /* 1-based, from libyaml's start_mark */
+    bool plain;            /* scalar written without quotes (or block style) */
+    char *value;           /* scalar bytes, NUL-terminated (may hold NULs inside) */
+    size_t len;
+    struct ynode **kids; /* list: items; map: key, value, key, value... */
+    size_t n_kids, cap_kids;
+};
+
+struct loader {
+    const char *file;
+    char *err;
+    size_t errlen;
+    bool failed;
+    size_t n_nodes;
+    struct config *cfg;
+};
+
+static config_resolver_fn resolver = getaddrinfo;
+
+void config_set_resolver(config_resolver_fn fn)
+{
+    resolver = fn != NULL ? fn : getaddrinfo;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Errors: one line, the first problem wins. */
+
+static void one_line(char *s)
+{
+    for (; *s != '\0'; s++)
+        if (*s == '\n' || *s == '\r')
+            *s = ' ';
+}
+
+static void set_errv(struct loader *ld, unsigned line, unsigned column, const char *fmt, va_list ap)
+{
+    if (ld->failed)
+        return;
+    ld->failed = true;
+    if (ld->err == NULL || ld->errlen == 0)
+        return;
+    int off = line > 0 ? snprintf(ld->err, ld->errlen, "%s:%u:%u: ", ld->file, line, column)
+                       : snprintf(ld->err, ld->errlen, "%s: ", ld->file);
+    if (off >= 0 && (size_t)off < ld->errlen)
+        vsnprintf(ld->err + off, ld->errlen - (size_t)off, fmt, ap);
+    one_line(ld->err);
+}
+
+__attribute__((format(printf, 4, 5))) static int fail_at(struct loader *ld, unsigned line, unsigned column, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    set_errv(ld, line, column, fmt, ap);
+    va_end(ap);
+    return CO_ERROR;
+}
+
+__attribute__((format(printf, 3, 4))) static int fail(struct loader *ld, const struct ynode *n, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    set_errv(ld, n->line, n->column, fmt, ap);
+    va_end(ap);
+    return CO_ERROR;
+}
+
+/* Render untrusted bytes for a message: quoted, escaped, shortened. */
+#define QUOTE_MAX 64u
+#define QUOTE_BUF (QUOTE_MAX * 4u + 8u)
+
+static const char *quote(char *buf, const char *s, size_t len)
+{
+    size_t o = 0;
+    buf[o++] = '"';
+    for (size_t i = 0; i < len && i < QUOTE_MAX; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            buf[o++] = '\\';
+            buf[o++] = (char)c;
+        } else if (c < 0x20 || c == 0x7f) {
+            o += (size_t)snprintf(buf + o, 5, "\\x%02x", c);
+        } else {
+            buf[o++] = (char)c; /* UTF-8 bytes pass through */
+        }
+    }
+    if (len > QUOTE_MAX) {
+        memcpy(buf + o, "...", 3);
+        o += 3;
+    }
+    buf[o++] = '"';
+    buf[o] = '\0';
+    return buf;
+}
+
+static const char *quote_node(char *buf, const struct ynode *n)
+{
+    return quote(buf, n->value, n->len);
+}
+
+static bool is_null(const struct ynode *n)
+{
+    if (n->type != YN_SCALAR || !n->plain)
+        return false;
+    return n->len == 0 || strcmp(n->value, "~") == 0 || strcmp(n->value, "null") == 0 || strcmp(n->value, "Null") == 0 ||
+           strcmp(n->value, "NULL") == 0;
+}
+
+static const char *kind(const struct ynode *n)
+{
+    switch (n->type) {
+    case YN_LIST:
+        return "a list";
+    case YN_MAP:
+        return "a mapping";
+    case YN_SCALAR:
+        break;
+    }
+    return is_null(n) ? "empty" : "a scalar";
+}
+
+/* ------------------------------------------------------------------------- */
+/* Pass 1: YAML events -> tree. */
+
+static void ynode_free(struct ynode *n)
+{
+    if (n == NULL)
+        return;
+    for (size_t i = 0; i < n->n_kids; i++)
+        ynode_free(n->kids[i]);
+    free(n->kids);
+    free(n->value);
+    free(n);
+}
+
+static void ynode_add(struct ynode *parent, struct ynode *kid)
+{
+    if (parent->n_kids == parent->cap_kids) {
+        parent->cap_kids = parent->cap_kids ? parent->cap_kids * 2 : 8;
+        parent->kids = co_realloc(parent->kids, parent->cap_kids * sizeof(*parent->kids));
+    }
+    parent->kids[parent->n_kids++] = kid;
+}
+
+static bool is_var_start(char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
+}
+
+static bool is_var_char(char c)
+{
+    return is_var_start(c) || (c >= '0' && c <= '9');
+}
+
+/* First "${" in [p, end), or NULL. */
+static const char *find_var(const char *p, const char *end)
+{
+    for (; p + 1 < end; p++)
+        if (p[0] == '$' && p[1] == '{')
+            return p;
+    return NULL;
+}
+
+static bool append(char **out, size_t *len, size_t *cap, const char *s, size_t n)
+{
+    if (*len + n > MAX_VALUE)
+        return false;
+    if (*len + n + 1 > *cap) {
+        while (*len + n + 1 > *cap)
+            *cap *= 2;
+        *out = co_realloc(*out, *cap);
+    }
+    memcpy(*out + *len, s, n);
+    *len += n;
+    (*out)[*len] = '\0';
+    return true;
+}
+
+/*
+ * Replace every ${NAME} in the scalar n with getenv(NAME). Values from the
+ * environment are inserted as they are, never expanded again.
+ */
+static int substitute(struct loader *ld, struct ynode *n)
+{
+    char q[QUOTE_BUF];
+    if (n->len > MAX_VALUE)
+        return fail(ld, n, "value is %zu bytes long, expected at most %u bytes", n->len, MAX_VALUE);
+    if (find_var(n->value, n->value + n->len) == NULL)
+        return CO_OK;
+
+    size_t cap = n->len + 64, len = 0;
+    char *out = co_malloc(cap);
+    out[0] = '\0';
+    const char *p = n->value, *end = n->value + n->len;
+    while (p < end) {
+        const char *dollar = find_var(p, end);
+        if (dollar == NULL) {
+            if (!append(&out, &len, &cap, p, (size_t)(end - p)))
+                goto too_long;
+            break;
+        }
+        if (!append(&out, &len, &cap, p, (size_t)(dollar - p)))
+            goto too_long;
+        const char *name = dollar + 2;
+        const char *close = memchr(name, '}', (size_t)(end - name));
+        if (close == NULL) {
+            free(out);
+            return fail(ld, n, "unterminated \"${\" in value %s, expected ${NAME}", quote_node(q, n));
+        }
+        size_t name_len = (size_t)(close - name);
+        bool valid = name_len > 0 && name_len <= MAX_VAR_NAME && is_var_start(name[0]);
+        for (size_t i = 1; valid && i < name_len; i++)
+            valid = is_var_char(name[i]);
+        if (!valid) {
+            free(out);
+            return fail(ld, n, "bad variable %s, expected ${NAME} with NAME made of letters, digits and _",
+                        quote(q, dollar, name_len + 3));
+        }
+        char var[MAX_VAR_NAME + 1];
+        memcpy(var, name, name_len);
+        var[name_len] = '\0';
+        const char *val = getenv(var);
+        if (val == NULL) {
+            free(out);
+            return fail(ld, n, "environment variable %s is not set, expected it to be set for ${%s}", var, var);
+        }
+        if (!append(&out, &len, &cap, val, strlen(val)))
+            goto too_long;
+        p = close + 1;
+    }
+    free(n->value);
+    n->value = out;
+    n->len = len;
+    return CO_OK;
+
+too_long:
+    free(out);
+    return fail(ld, n, "value is longer than %u bytes after ${NAME} substitution, expected at most %u bytes", MAX_VALUE, MAX_VALUE);
+}
+
+/* libyaml marks are 0-based; reader errors only carry a byte offset. */
+static void offset_to_mark(const char *data, size_t len, size_t offset, unsigned *line, unsigned *column)
+{
+    *line = 1;
+    *column = 1;
+    for (size_t i = 0; i < offset && i < len; i++) {
+        unsigned char c = (unsigned char)data[i];
+        if (c == '\n') {
+            (*line)++;
+            *column = 1;
+        } else if ((c & 0xc0) != 0x80) { /* count characters, like libyaml */
+            (*column)++;
+        }
+    }
+}
+
+static int syntax_error(struct loader *ld, const yaml_parser_t *parser, const char *data, size_t len)
+{
+    unsigned line, column;
+    const char *problem = parser->problem != NULL ? parser->problem : "unknown error";
+    if (parser->error == YAML_MEMORY_ERROR) {
+        return fail_at(ld, 0, 0, "out of memory while parsing YAML, expected a smaller document");
+    } else if (parser->error == YAML_READER_ERROR) {
+        offset_to_mark(data, len, parser->problem_offset, &line, &column);
+        if (parser->problem_value != -1)
+            return fail_at(ld, line, column, "invalid input: %s (value 0x%x), expected UTF-8 text", problem,
+                           (unsigned)parser->problem_value);
+        return fail_at(ld, line, column, "invalid input: %s, expected UTF-8 text", problem);
+    }
+    line = (unsigned)parser->problem_mark.line + 1;
+    column = (unsigned)parser->problem_mark.column + 1;
+    if (parser->context != NULL)
+        return fail_at(ld, line, column, "YAML syntax error: %s %s (started at %u:%u), expected well-formed YAML", problem,
+                       parser->context, (unsigned)parser->context_mark.line + 1, (unsigned)parser->context_mark.column + 1);
+    return fail_at(ld, line, column, "YAML syntax error: %s, expected well-formed YAML", problem);
+}
+
+static struct ynode *node_new(struct loader *ld, enum ynode_type type, const yaml_mark_t *mark)
+{
+    ld->n_nodes++;
+    struct ynode *n = co_calloc(1, sizeof(*n));
+    n->type = type;
+    n->line = (unsigned)mark->line + 1;
+    n->column = (unsigned)mark->column + 1;
+    return n;
+}
+
+/*
+ * Put n in the tree (so it is freed with it, whatever happens next) and
+ * check where it landed: mapping keys must be scalars and are taken
+ * literally; every other scalar gets ${NAME} substitution.
+ */
+static int attach(struct loader *ld, struct ynode **root, struct ynode **stack, size_t depth, struct ynode *n)
+{
+    if (depth == 0) {
+        *root = n;
+    } else {
+        struct ynode *parent = stack[depth - 1];
+        bool is_key = parent->type == YN_MAP && parent->n_kids % 2 == 0;
+        ynode_add(parent, n);
+        if (is_key && n->type != YN_SCALAR)
+            return fail(ld, n, "mapping key is %s, expected a plain key such as name:", kind(n));
+        if (is_key)
+            return CO_OK;
+    }
+    return n->type == YN_SCALAR ? substitute(ld, n) : CO_OK;
+}
+
+static int build_tree(struct loader *ld, const char *data, size_t len, struct ynode **root)
+{
+    yaml_parser_t parser;
+    yaml_event_t ev;
+    struct ynode *stack[MAX_DEPTH];
+    size_t depth = 0;
+    unsigned n_docs = 0;
+    int rc = CO_OK;
+
+    *root = NULL;
+    if (!yaml_parser_initialize(&parser))
+        return fail_at(ld, 0, 0, "cannot initialize the YAML parser, expected enough memory");
+    yaml_parser_set_input_string(&parser, (const unsigned char *)data, len);
+
+    for (bool done = false; !done && rc == CO_OK;) {
+        if (!yaml_parser_parse(&parser, &ev)) {
+            rc = syntax_error(ld, &parser, data, len);
+            break;
+        }
+        struct ynode *n = NULL;
+        char q[QUOTE_BUF];
+        switch (ev.type) {
+        case YAML_STREAM_END_EVENT:
+            done = true;
+            break;
+        case YAML_DOCUMENT_START_EVENT:
+            if (++n_docs > 1)
+                rc = fail_at(ld, (unsigned)ev.start_mark.line + 1, (unsigned)ev.start_mark.column + 1,
+                             "second YAML document, expected a single document");
+            break;
+        case YAML_ALIAS_EVENT:
+            rc = fail_at(ld, (unsigned)ev.start_mark.line + 1, (unsigned)ev.start_mark.column + 1,
+                         "alias to anchor %s is not supported, expected values written out (no YAML aliases)",
+                         quote(q, (const char *)ev.data.alias.anchor, strlen((const char *)ev.data.alias.anchor)));
+            break;
+        case YAML_SCALAR_EVENT:
+            n = node_new(ld, YN_SCALAR, &ev.start_mark);
+            n->value = co_strndup((const char *)ev.data.scalar.value, ev.data.scalar.length);
+            n->len = ev.data.scalar.length;
+            n->plain = ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+            rc = attach(ld, root, stack, depth, n);
+            break;
+        case YAML_SEQUENCE_START_EVENT:
+        case YAML_MAPPING_START_EVENT:
+            n = node_new(ld, ev.type == YAML_MAPPING_START_EVENT ? YN_MAP : YN_LIST, &ev.start_mark);
+            rc = attach(ld, root, stack, depth, n);
+            if (rc == CO_OK && depth == MAX_DEPTH)
+                rc = fail(ld, n, "nesting is deeper than %u levels, expected a flatter document", MAX_DEPTH);
+            if (rc == CO_OK)
+                stack[depth++] = n;
+            break;
+        case YAML_SEQUENCE_END_EVENT:
+        case YAML_MAPPING_END_EVENT:
+            if (depth > 0)
+                depth--;
+            break;
+        default:
+            break;
+        }
+        if (rc == CO_OK && ld->n_nodes > MAX_NODES)
+            rc = fail(ld, n, "more than %u values, expected a smaller document", MAX_NODES);
+        yaml_event_delete(&ev);
+    }
+    yaml_parser_delete(&parser);
+    if (rc != CO_OK) {
+        ynode_free(*root);
+        *root = NULL;
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Pass 2 helpers: mappings, scalars, numbers. */
+
+static bool nodes_eq(const struct ynode *a, const struct ynode *b)
+{
+    return a->type == YN_SCALAR && b->type == YN_SCALAR && a->len == b->len && memcmp(a->value, b->value, a->len) == 0;
+}
+
+static bool node_eq(const struct ynode *n, const char *s)
+{
+    size_t len = strlen(s);
+    return n->type == YN_SCALAR && n->len == len && memcmp(n->value, s, len) == 0;
+}
+
+/* The value for key in map, or NULL. Keys are unique (check_keys). */
+static const struct ynode *mget(const struct ynode *map, const char *key)
+{
+    for (size_t i = 0; i + 1 < map->n_kids; i += 2)
+        if (node_eq(map->kids[i], key))
+            return map->kids[i + 1];
+    return NULL;
+}
+
+static void join(char *buf, size_t size, const char *const *words)
+{
+    size_t o = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; words[i] != NULL; i++) {
+        int w = snprintf(buf + o, size - o, "%s%s", i ? ", " : "", words[i]);
+        if (w < 0 || (size_t)w >= size - o)
+            break;
+        o += (size_t)w;
+    }
+}
+
+static int expect_map(struct loader *ld, const struct ynode *n, const char *what, const char *const *keys)
+{
+    if (n->type == YN_MAP)
+        return CO_OK;
+    char list[256];
+    join(list, sizeof(list), keys);
+    return fail(ld, n, "%s is %s, expected a mapping with keys: %s", what, kind(n), list);
+}
+
+/* Unknown and repeated keys in map (which is a mapping). */
+static int check_keys(struct loader *ld, const struct ynode *map, const char *what, const char *const *allowed)
+{
+    char q[QUOTE_BUF], list[256];
+    for (size_t i = 0; i + 1 < map->n_kids; i += 2) {
+        const struct ynode *key = map->kids[i];
+        bool known = false;
+        for (size_t a = 0; allowed[a] != NULL && !known; a++)
+            known = node_eq(key, allowed[a]);
+        if (!known) {
+            join(list, sizeof(list), allowed);
+            return fail(ld, key, "unknown key %s in %s, expected one of: %s", quote_node(q, key), what, list);
+        }
+        for (size_t j = 0; j < i; j += 2)
+            if (nodes_eq(map->kids[j], key))
+                return fail(ld, key, "duplicate key %s in %s (first at %u:%u), expected each key once", quote_node(q, key), what,
+                            map->kids[j]->line, map->kids[j]->column);
+    }
+    return CO_OK;
+}
+
+static int expect_list(struct loader *ld, const struct ynode *n, const char *what, size_t min, size_t max, const char *of)
+{
+    if (n->type != YN_LIST)
+        return fail(ld, n, "%s is %s, expected a list of %s", what, kind(n), of);
+    if (n->n_kids < min)
+        return fail(ld, n, "%s is an empty list, expected at least %zu %s", what, min, of);
+    if (n->n_kids > max)
+        return fail(ld, n, "%s has %zu entries, expected at most %zu %s", what, n->n_kids, max, of);
+    return CO_OK;
+}
+
+/* A string value; NUL bytes (possible with "\0" escapes) are refused. */
+static int get_string(struct loader *ld, const struct ynode *n, const char *what, const char *expected, const char **out)
+{
+    if (n->type != YN_SCALAR || is_null(n))
+        return fail(ld, n, "%s is %s, expected %s", what, kind(n), expected);
+    if (strlen(n->value) != n->len)
+        return fail(ld, n, "%s contains a NUL byte, expected %s", what, expected);
+    *out = n->value;
+    return CO_OK;
+}
+
+static bool parse_u64(const char *s, size_t len, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        unsigned d = (unsigned)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return true;
+}
+
+/* An unquoted decimal integer in [min, max]. */
+static int get_uint(struct loader *ld, const struct ynode *n, const char *what, uint64_t min, uint64_t max, uint64_t *out)
+{
+    char q[QUOTE_BUF];
+    uint64_t v;
+    if (n->type != YN_SCALAR || is_null(n))
+        return fail(ld, n, "%s is %s, expected an integer in %" PRIu64 "..%" PRIu64, what, kind(n), min, max);
+    if (!n->plain)
+        return fail(ld, n, "%s %s is a quoted string, expected an unquoted integer in %" PRIu64 "..%" PRIu64, what,
+                    quote_node(q, n), min, max);
+    if (!parse_u64(n->value, n->len, &v))
+        return fail(ld, n, "%s %s is not an integer, expected an integer in %" PRIu64 "..%" PRIu64, what, quote_node(q, n), min,
+                    max);
+    if (v < min || v > max)
+        return fail(ld, n, "%s %s is out of range, expected an integer in %" PRIu64 "..%" PRIu64, what, quote_node(q, n), min, max);
+    *out = v;
+    return CO_OK;
+}
+
+static int get_u32(struct loader *ld, const struct ynode *n, const char *what, uint32_t min, uint32_t max, uint32_t *out)
+{
+    uint64_t v;
+    if (get_uint(ld, n, what, min, max, &v) != CO_OK)
+        return CO_ERROR;
+    *out = (uint32_t)v;
+    return CO_OK;
+}
+
+/* YAML 1.2 core schema booleans, unquoted. */
+static int get_bool(struct loader *ld, const struct ynode *n, const char *what, bool *out)
+{
+    char q[QUOTE_BUF];
+    if (n->type == YN_SCALAR && n->plain) {
+        if (node_eq(n, "true") || node_eq(n, "True") || node_eq(n, "TRUE")) {
+            *out = true;
+            return CO_OK;
+        }
+        if (node_eq(n, "false") || node_eq(n, "False") || node_eq(n, "FALSE")) {
+            *out = false;
+            return CO_OK;
+        }
+    }
+    if (n->type != YN_SCALAR || is_null(n))
+        return fail(ld, n, "%s is %s, expected true or false", what, kind(n));
+    return fail(ld, n, "%s %s is not a boolean, expected true or false", what, quote_node(q, n));
+}
+
+int config_parse_duration(const char *s, uint64_t *ms)
+{
+    static const struct {
+        const char *unit;
+        uint64_t ms;
+    } units[] = {{"ms", 1}, {"s", 1000}, {"m", 60 * 1000}, {"h", 3600 * 1000}, {"d", DAY_MS}};
+    size_t digits = 0;
+    uint64_t v;
+
+    if (s == NULL)
+        return CO_ERROR;
+    while (s[digits] >= '0' && s[digits] <= '9')
+        digits++;
+    if (!parse_u64(s, digits, &v))
+        return CO_ERROR;
+    for (size_t i = 0; i < CO_ARRAY_SIZE(units); i++) {
+        if (strcmp(s + digits, units[i].unit) == 0) {
+            if (v > UINT64_MAX / units[i].ms)
+                return CO_ERROR;
+            if (ms != NULL)
+                *ms = v * units[i].ms;
+            return CO_OK;
+        }
+    }
+    return CO_ERROR;
+}
+
+static int get_duration(struct loader *ld, const struct ynode *n, const char *what, uint64_t min_ms, uint64_t max_ms, uint64_t *out)
+{
+    static const char expected[] = "a duration such as 250ms, 5s, 2m, 1h or 30d";
+    char q[QUOTE_BUF];
+    const char *s;
+    uint64_t v;
+    if (get_string(ld, n, what, expected, &s) != CO_OK)
+        return CO_ERROR;
+    if (config_parse_duration(s, &v) != CO_OK)
+        return fail(ld, n, "%s %s is not a duration, expected %s", what, quote_node(q, n), expected);
+    if (v < min_ms || v > max_ms)
+        return fail(ld, n, "%s %s is out of range, expected a duration from %" PRIu64 "ms to %" PRIu64 "d", what, quote_node(q, n),
+                    min_ms, max_ms / DAY_MS);
+    *out = v;
+    return CO_OK;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Names, tokens, hosts, addresses. */
+
+static bool valid_name(const char *s)
+{
+    size_t len = strlen(s);
+    if (len == 0 || len > MAX_NAME)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+/* tchar, RFC 9110 §5.6.2; cookie-name is a token too (RFC 6265 §4.1.1). */
+static bool valid_token(const char *s)
+{
+    size_t len = strlen(s);
+    if (len == 0 || len > MAX_TOKEN)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || strchr("!#$%&'*+-.^_`|~", c) != NULL))
+            return false;
+    }
+    return true;
+}
+
+static char *lowercase_dup(const char *s)
+{
+    char *d = co_strdup(s);
+    for (char *p = d; *p != '\0'; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p + ('a' - 'A'));
+    return d;
+}
+
+/*
+ * A DNS host name (RFC 1123 §2.1): labels of letters, digits, '-' (and '_',
+ * common in internal names), 1..63 each, 253 in all, one trailing dot
+ * allowed. An all-numeric last label is refused (RFC 3696 §2), so that a
+ * mistyped "10.0.1" is not silently resolved as an inet_aton() address.
+ */
+static bool valid_hostname(const char *s, size_t len)
+{
+    if (len > 0 && s[len - 1] == '.')
+        len--;
+    if (len == 0 || len > MAX_HOSTNAME)
+        return false;
+    size_t label = 0;
+    bool numeric = true;
+    for (size_t i = 0; i <= len; i++) {
+        if (i == len || s[i] == '.') {
+            if (label == 0 || label > 63 || s[i - 1] == '-')
+                return false;
+            if (i == len && numeric)
+                return false;
+            label = 0;
+            numeric = true;
+            continue;
+        }
+        char c = s[i];
+        bool alpha = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
+        bool digit = c >= '0' && c <= '9';
+        if (!alpha && !digit && c != '-')
+            return false;
+        if (c == '-' && label == 0)
+            return false;
+        if (!digit)
+            numeric = false;
+        label++;
+    }
+    return true;
+}
+
+/* "HOST:PORT" split into its parts; host is the text inside brackets if any. */
+struct hostport {
+    const char *host;
+    size_t host_len;
+    bool bracketed;
+    uint16_t port;
+};
+
+static const char *split_hostport(const char *s, struct hostport *hp)
+{
+    const char *port;
+    memset(hp, 0, sizeof(*hp));
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (close == NULL)
+            return "missing ']' after the IPv6 address";
+        if (close[1] != ':')
+            return "missing :PORT after ']'";
+        hp->host = s + 1;
+        hp->host_len = (size_t)(close - s - 1);
+        hp->bracketed = true;
+        port = close + 2;
+    } else {
+        const char *colon = strrchr(s, ':');
+        if (colon == NULL)
+            return "missing :PORT";
+        if (memchr(s, ':', (size_t)(colon - s)) != NULL)
+            return "an IPv6 address must be in brackets";
+        hp->host = s;
+        hp->host_len = (size_t)(colon - s);
+        port = colon + 1;
+    }
+    if (hp->host_len == 0)
+        return "empty host";
+    uint64_t p;
+    if (strlen(port) > 5 || !parse_u64(port, strlen(port), &p) || p < 1 || p > 65535)
+        return "port must be a number in 1..65535";
+    hp->port = (uint16_t)p;
+    return NULL;
+}
+
+/* An IP literal into sa; false if host is not one. */
+static bool ip_literal(const struct hostport *hp, struct sockaddr_storage *sa, socklen_t *sa_len)
+{
+    char host[INET6_ADDRSTRLEN + 1];
+    if (hp->host_len >= sizeof(host))
+        return false;
+    memcpy(host, hp->host, hp->host_len);
+    host[hp->host_len] = '\0';
+    memset(sa, 0, sizeof(*sa));
+    if (hp->bracketed) {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)sa;
+        if (inet_pton(AF_INET6, host, &sin6->sin6_addr) != 1)
+            return false;
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons(hp->port);
+        *sa_len = sizeof(*sin6);
+        return true;
+    }
+    struct sockaddr_in *sin = (struct sockaddr_in *)sa;
+    if (inet_pton(AF_INET, host, &sin->sin_addr) != 1)
+        return false;
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(hp->port);
+    *sa_len = sizeof(*sin);
+    return true;
+}
+
+static const char *parse_address(const char *s, struct config_addr *addr)
+{
+    struct hostport hp;
+    const char *why = split_hostport(s, &hp);
+    if (why != NULL)
+        return why;
+    if (!ip_literal(&hp, &addr->sa, &addr->sa_len))
+        return hp.bracketed ? "not an IPv6 address" : "host is not an IPv4 address (IPv6 goes in brackets)";
+    return NULL;
+}
+
+int config_parse_address(const char *s, struct config_addr *addr)
+{
+    if (s == NULL || addr == NULL)
+        return CO_ERROR;
+    memset(addr, 0, sizeof(*addr));
+    if (parse_address(s, addr) != NULL) {
+        memset(addr, 0, sizeof(*addr));
+        return CO_ERROR;
+    }
+    addr->text = co_strdup(s);
+    return CO_OK;
+}
+
+static bool sockaddr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return false;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a, *y = (const struct sockaddr_in6 *)b;
+        return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0 &&
+               x->sin6_scope_id == y->sin6_scope_id;
+    }
+    return false;
+}
+
+static int get_address(struct loader *ld, const struct ynode *n, const char *what, struct config_addr *addr)
+{
+    static const char expected[] = "IP:PORT such as 127.0.0.1:8080 or [::1]:8080";
+    char q[QUOTE_BUF];
+    const char *s, *why;
+    if (get_string(ld, n, what, expected, &s) != CO_OK)
+        return CO_ERROR;
+    if ((why = parse_address(s, addr)) != NULL)
+        return fail(ld, n, "bad %s %s: %s, expected %s", what, quote_node(q, n), why, expected);
+    addr->text = co_strdup(s);
+    return CO_OK;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Freeing. */
+
+static void endpoint_free(struct endpoint_conf *e)
+{
+    free(e->host);
+    free(e->name);
+    free(e->addrs);
+    free(e->addr_lens);
+}
+
+static void config_free(struct config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    for (size_t i = 0; i < cfg->n_listeners; i++)
+        free(cfg->listeners[i].addr.text);
+    free(cfg->listeners);
+    free(cfg->admin.addr.text);
+    free(cfg->admin.token);
+    for (size_t i = 0; i < cfg->n_clusters; i++) {
+        struct cluster_conf *c = &cfg->clusters[i];
+        free(c->name);
+        for (size_t j = 0; j < c->n_endpoints; j++)
+            endpoint_free(&c->endpoints[j]);
+        free(c->endpoints);
+        free(c->host);
+    }
+    free(cfg->clusters);
+    for (size_t i = 0; i < cfg->n_routes; i++) {
+        struct route_conf *r = &cfg->routes[i];
+        free(r->name);
+        free(r->host);
+        free(r->path);
+        free(r->split);
+        free(r->sticky.name);
+        free(r->override.header);
+        free(r->override.cookie);
+        if (r->override.secret != NULL) {
+            /* Not left behind in freed memory. */
+            volatile char *p = r->override.secret;
+            for (size_t k = 0; k < r->override.secret_len; k++)
+                p[k] = 0;
+        }
+        free(r->override.secret);
+    }
+    free(cfg->routes);
+    free(cfg->file);
+    free(cfg);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Pass 2: the schema. */
+
+static const char *const top_keys[] = {"workers", "listen", "admin", "limits", "timeouts", "clusters", "routes", NULL};
+static const char *const listener_keys[] = {"address", NULL};
+static const char *const admin_keys[] = {"address", "token", NULL};
+static const char *const limits_keys[] = {"max_request_line", "max_header_bytes", "max_headers",
+                                          "max_body_bytes",   "max_connections",  NULL};
+static const char *const timeouts_keys[] = {"header", "idle", "body", "send", NULL};
+static const char *const cluster_keys[] = {"name",         "endpoints", "host", "protocol", "connect_timeout", "first_byte_timeout",
+                                           "idle_timeout", "max_idle",  NULL};
+static const char *const route_keys[] = {"name", "match", "split", "sticky", "override", NULL};
+static const char *const match_keys[] = {"host", "path_prefix", "path", NULL};
+static const char *const split_keys[] = {"cluster", "weight", NULL};
+static const char *const sticky_keys[] = {"cookie", "header", "client_ip", "max_age", NULL};
+static const char *const override_keys[] = {"header", "cookie", "secret", NULL};
+
+#define TIMEOUT_MIN_MS ((uint64_t)1)
+#define TIMEOUT_MAX_MS (30 * DAY_MS)
+
+static int load_workers(struct loader *ld, const struct ynode *n)
+{
+    if (n->type == YN_SCALAR && node_eq(n, "auto")) {
+        ld->cfg->workers = 0;
+        return CO_OK;
+    }
+    uint64_t v;
+    if (n->type == YN_SCALAR && !is_null(n) && !(n->plain && parse_u64(n->value, n->len, &v))) {
+        char q[QUOTE_BUF];
+        return fail(ld, n, "workers %s is not valid, expected auto or an unquoted integer in 1..256", quote_node(q, n));
+    }
+    return get_u32(ld, n, "workers", 1, 256, &ld->cfg->workers);
+}
+
+static int load_listeners(struct loader *ld, const struct ynode *list)
+{
+    struct config *cfg = ld->cfg;
+    if (expect_list(ld, list, "listen", 1, SIZE_MAX, "listeners ({ address: IP:PORT })") != CO_OK)
+        return CO_ERROR;
+    cfg->listeners = co_calloc(list->n_kids, sizeof(*cfg->listeners));
+    for (size_t i = 0; i < list->n_kids; i++) {
+        const struct ynode *m = list->kids[i], *v;
+        cfg->n_listeners = i + 1;
+        if (expect_map(ld, m, "listener", listener_keys) != CO_OK || check_keys(ld, m, "listener", listener_keys) != CO_OK)
+            return CO_ERROR;
+        if ((v = mget(m, "address")) == NULL)
+            return fail(ld, m, "missing required key \"address\" in listener, expected address: IP:PORT");
+        if (get_address(ld, v, "listen address", &cfg->listeners[i].addr) != CO_OK)
+            return CO_ERROR;
+        for (size_t j = 0; j < i; j++)
+            if (sockaddr_equal(&cfg->listeners[j].addr.sa, &cfg->listeners[i].addr.sa))
+                return fail(ld, v, "duplicate listen address \"%s\" (same as \"%s\"), expected each address once",
+                            cfg->listeners[i].addr.text, cfg->listeners[j].addr.text);
+    }
+    return CO_OK;
+}
+
+static int load_admin(struct loader *ld, const struct ynode *m)
+{
+    struct admin_conf *admin = &ld->cfg->admin;
+    const struct ynode *v, *address;
+    const char *s;
+    if (expect_map(ld, m, "admin", admin_keys) != CO_OK || check_keys(ld, m, "admin", admin_keys) != CO_OK)
+        return CO_ERROR;
+    admin->enabled = true;
+    if ((address = mget(m, "address")) != NULL) {
+        if (get_address(ld, address, "admin address", &admin->addr) != CO_OK)
+            return CO_ERROR;
+    } else {
+        config_parse_address("127.0.0.1:9901", &admin->addr);
+    }
+    if ((v = mget(m, "token")) != NULL) {
+        /* An empty token (say, an unset secret mounted as "") must not turn
+         * authentication off: fail closed. */
+        if (get_string(ld, v, "admin token", "a non-empty token (or no token key)", &s) != CO_OK)
+            return CO_ERROR;
+        if (s[0] == '\0')
+            return fail(ld, v, "admin token is empty, expected a non-empty token (or no token key)");
+        admin->token = co_strdup(s);
+    }
+    for (size_t i = 0; i < ld->cfg->n_listeners; i++)
+        if (sockaddr_equal(&ld->cfg->listeners[i].addr.sa, &admin->addr.sa))
+            return fail(ld, address != NULL ? address : m,
+                        "admin address \"%s\" is also a listen address, expected a separate address", admin->addr.text);
+    return CO_OK;
+}
+
+static int load_limits(struct loader *ld, const struct ynode *m)
+{
+    struct limits_conf *l = &ld->cfg->limits;
+    const struct ynode *v;
+    if (expect_map(ld, m, "limits", limits_keys) != CO_OK || check_keys(ld, m, "limits", limits_keys) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "max_request_line")) && get_u32(ld, v, "max_request_line", 64, 1u << 20, &l->max_request_line) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "max_header_bytes")) && get_u32(ld, v, "max_header_bytes", 1024, 1u << 24, &l->max_header_bytes) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "max_headers")) && get_u32(ld, v, "max_headers", 1, 100000, &l->max_headers) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "max_body_bytes")) && get_uint(ld, v, "max_body_bytes", 0, INT64_MAX, &l->max_body_bytes) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "max_connections")) && get_u32(ld, v, "max_connections", 1, 1000000, &l->max_connections) != CO_OK)
+        return CO_ERROR;
+    return CO_OK;
+}
+
+static int load_timeouts(struct loader *ld, const struct ynode *m)
+{
+    struct timeouts_conf *t = &ld->cfg->timeouts;
+    const struct {
+        const char *key, *what;
+        uint64_t *ms;
+    } fields[] = {
+        {"header", "timeouts.header", &t->header_ms},
+        {"idle", "timeouts.idle", &t->idle_ms},
+        {"body", "timeouts.body", &t->body_ms},
+        {"send", "timeouts.send", &t->send_ms},
+    };
+    if (expect_map(ld, m, "timeouts", timeouts_keys) != CO_OK || check_keys(ld, m, "timeouts", timeouts_keys) != CO_OK)
+        return CO_ERROR;
+    for (size_t i = 0; i < CO_ARRAY_SIZE(fields); i++) {
+        const struct ynode *v = mget(m, fields[i].key);
+        if (v != NULL && get_duration(ld, v, fields[i].what, TIMEOUT_MIN_MS, TIMEOUT_MAX_MS, fields[i].ms) != CO_OK)
+            return CO_ERROR;
+    }
+    return CO_OK;
+}
+
+static int resolve_endpoint(struct loader *ld, const struct ynode *n, struct endpoint_conf *e)
+{
+    struct addrinfo hints, *res = NULL;
+    char service[8];
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    snprintf(service, sizeof(service), "%u", (unsigned)e->port);
+    int rc = resolver(e->host, service, &hints, &res);
+    if (rc != 0) {
+        const char *why = rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc);
+        return fail(ld, n, "cannot resolve endpoint \"%s\": %s, expected a host name that resolves", e->name, why);
+    }
+    e->addrs = co_calloc(MAX_ENDPOINT_ADDRS, sizeof(*e->addrs));
+    e->addr_lens = co_calloc(MAX_ENDPOINT_ADDRS, sizeof(*e->addr_lens));
+    for (const struct addrinfo *ai = res; ai != NULL && e->n_addrs < MAX_ENDPOINT_ADDRS; ai = ai->ai_next) {
+        if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) || ai->ai_addr == NULL ||
+            ai->ai_addrlen > sizeof(struct sockaddr_storage))
+            continue;
+        struct sockaddr_storage sa;
+        memset(&sa, 0, sizeof(sa));
+        memcpy(&sa, ai->ai_addr, ai->ai_addrlen);
+        bool seen = false;
+        for (size_t i = 0; i < e->n_addrs && !seen; i++)
+            seen = sockaddr_equal(&e->addrs[i], &sa);
+        if (seen)
+            continue;
+        e->addrs[e->n_addrs] = sa;
+        e->addr_lens[e->n_addrs] = ai->ai_addrlen;
+        e->n_addrs++;
+    }
+    if (res != NULL)
+        freeaddrinfo(res);
+    if (e->n_addrs == 0)
+        return fail(ld, n, "endpoint \"%s\" resolves to no IPv4 or IPv6 address, expected at least one", e->name);
+    return CO_OK;
+}
+
+static int load_endpoint(struct loader *ld, const struct ynode *n, struct endpoint_conf *e)
+{
+    static const char expected[] = "HOST:PORT such as 10.0.0.4:443, [::1]:8080 or api.example.com:443";
+    char q[QUOTE_BUF];
+    const char *s, *why;
+    struct hostport hp;
+    if (get_string(ld, n, "endpoint", expected, &s) != CO_OK)
+        return CO_ERROR;
+    if ((why = split_hostport(s, &hp)) != NULL)
+        return fail(ld, n, "bad endpoint %s: %s, expected %s", quote_node(q, n), why, expected);
+    e->name = co_strdup(s);
+    e->host = co_strndup(hp.host, hp.host_len);
+    e->port = hp.port;
+
+    struct sockaddr_storage sa;
+    socklen_t sa_len;
+    if (ip_literal(&hp, &sa, &sa_len)) {
+        e->addrs = co_calloc(1, sizeof(*e->addrs));
+        e->addr_lens = co_calloc(1, sizeof(*e->addr_lens));
+        e->addrs[0] = sa;
+        e->addr_lens[0] = sa_len;
+        e->n_addrs = 1;
+        return CO_OK;
+    }
+    if (hp.bracketed)
+        return fail(ld, n, "bad endpoint %s: not an IPv6 address in brackets, expected %s", quote_node(q, n), expected);
+    if (!valid_hostname(hp.host, hp.host_len))
+        return fail(ld, n, "bad endpoint %s: host is neither an IPv4 address nor a DNS name, expected %s", quote_node(q, n),
+                    expected);
+    return resolve_endpoint(ld, n, e);
+}
+
+/* Host header value sent upstream: a host name or IP, optional :port. */
+static bool valid_host_header(const char *s)
+{
+    size_t len = strlen(s);
+    if (len == 0 || len > 255)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || strchr("-._:[]", c) != NULL))
+            return false;
+    }
+    return true;
+}
+
+static int load_cluster(struct loader *ld, const struct ynode *m, struct cluster_conf *c)
+{
+    const struct ynode *v;
+    const char *s;
+    char q[QUOTE_BUF];
+    if (expect_map(ld, m, "cluster", cluster_keys) != CO_OK || check_keys(ld, m, "cluster", cluster_keys) != CO_OK)
+        return CO_ERROR;
+    c->connect_timeout_ms = 3000;
+    c->first_byte_timeout_ms = 30000;
+    c->idle_timeout_ms = 30000;
+    c->max_idle = 32;
+    c->protocol = CLUSTER_PROTO_H1;
+
+    if ((v = mget(m, "name")) == NULL)
+        return fail(ld, m, "missing required key \"name\" in cluster, expected name: NAME");
+    if (get_string(ld, v, "cluster name", "a name", &s) != CO_OK)
+        return CO_ERROR;
+    if (!valid_name(s))
+        return fail(ld, v, "bad cluster name %s, expected 1 to 64 characters from A-Z a-z 0-9 _ . -", quote_node(q, v));
+    for (size_t i = 0; i < c->index; i++)
+        if (strcmp(ld->cfg->clusters[i].name, s) == 0)
+            return fail(ld, v, "duplicate cluster name %s, expected unique cluster names", quote_node(q, v));
+    c->name = co_strdup(s);
+
+    if ((v = mget(m, "endpoints")) == NULL)
+        return fail(ld, m, "missing required key \"endpoints\" in cluster \"%s\", expected a list of HOST:PORT", c->name);
+    if (expect_list(ld, v, "endpoints", 1, SIZE_MAX, "HOST:PORT") != CO_OK)
+        return CO_ERROR;
+    c->endpoints = co_calloc(v->n_kids, sizeof(*c->endpoints));
+    for (size_t i = 0; i < v->n_kids; i++) {
+        c->n_endpoints = i + 1;
+        if (load_endpoint(ld, v->kids[i], &c->endpoints[i]) != CO_OK)
+            return CO_ERROR;
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(c->endpoints[j].name, c->endpoints[i].name) == 0)
+                return fail(ld, v->kids[i], "duplicate endpoint %s in cluster \"%s\", expected each endpoint once",
+                            quote_node(q, v->kids[i]), c->name);
+    }
+
+    if ((v = mget(m, "host")) != NULL) {
+        if (get_string(ld, v, "cluster host", "a Host header value such as api.example.com", &s) != CO_OK)
+            return CO_ERROR;
+        if (!valid_host_header(s))
+            return fail(ld, v, "bad cluster host %s, expected a Host header value such as api.example.com", quote_node(q, v));
+        c->host = co_strdup(s);
+    }
+    if ((v = mget(m, "protocol")) != NULL) {
+        if (get_string(ld, v, "protocol", "one of: http1", &s) != CO_OK)
+            return CO_ERROR;
+        if (strcmp(s, "http1") != 0)
+            return fail(ld, v, "unknown protocol %s, expected one of: http1", quote_node(q, v));
+    }
+    if ((v = mget(m, "connect_timeout")) != NULL &&
+        get_duration(ld, v, "connect_timeout", TIMEOUT_MIN_MS, TIMEOUT_MAX_MS, &c->connect_timeout_ms) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "first_byte_timeout")) != NULL &&
+        get_duration(ld, v, "first_byte_timeout", TIMEOUT_MIN_MS, TIMEOUT_MAX_MS, &c->first_byte_timeout_ms) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "idle_timeout")) != NULL &&
+        get_duration(ld, v, "idle_timeout", TIMEOUT_MIN_MS, TIMEOUT_MAX_MS, &c->idle_timeout_ms) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "max_idle")) != NULL && get_u32(ld, v, "max_idle", 0, 100000, &c->max_idle) != CO_OK)
+        return CO_ERROR;
+    return CO_OK;
+}
+
+static int load_clusters(struct loader *ld, const struct ynode *list)
+{
+    struct config *cfg = ld->cfg;
+    if (expect_list(ld, list, "clusters", 1, SIZE_MAX, "clusters") != CO_OK)
+        return CO_ERROR;
+    cfg->clusters = co_calloc(list->n_kids, sizeof(*cfg->clusters));
+    for (size_t i = 0; i < list->n_kids; i++) {
+        cfg->n_clusters = i + 1;
+        cfg->clusters[i].index = i;
+        if (load_cluster(ld, list->kids[i], &cfg->clusters[i]) != CO_OK)
+            return CO_ERROR;
+    }
+    return CO_OK;
+}
+
+/* match.host: "api.example.com" or "*.example.com"; stored lowercase without a trailing dot. */
+static int load_match_host(struct loader *ld, const struct ynode *v, struct route_conf *r)
+{
+    static const char expected[] = "a host name such as api.example.com or *.example.com";
+    char q[QUOTE_BUF];
+    const char *s;
+    if (get_string(ld, v, "match host", expected, &s) != CO_OK)
+        return CO_ERROR;
+    bool suffix = strncmp(s, "*.", 2) == 0;
+    const char *name = suffix ? s + 2 : s;
+    if (strchr(name, '*') != NULL)
+        return fail(ld, v, "bad match host %s: only a leading \"*.\" wildcard is allowed, expected %s", quote_node(q, v), expected);
+    size_t len = strlen(name);
+    bool ok = len > 0 && len <= MAX_HOSTNAME + 1 && name[0] != '.';
+    for (size_t i = 0; ok && i < len; i++) {
+        char c = name[i];
+        ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_';
+        if (ok && c == '.')
+            ok = i + 1 == len || name[i + 1] != '.';
+    }
+    if (!ok)
+        return fail(ld, v, "bad match host %s, expected %s", quote_node(q, v), expected);
+    if (name[len - 1] == '.') /* the router ignores a trailing dot in Host too */
+        len--;
+    if (len == 0)
+        return fail(ld, v, "bad match host %s, expected %s", quote_node(q, v), expected);
+    char *lower = lowercase_dup(name);
+    lower[len] = '\0';
+    if (suffix) {
+        r->host = co_malloc(len + 2);
+        r->host[0] = '.';
+        memcpy(r->host + 1, lower, len + 1);
+        free(lower);
+    } else {
+        r->host = lower;
+    }
+    r->host_suffix = suffix;
+    return CO_OK;
+}
+
+static int load_match(struct loader *ld, const struct ynode *m, struct route_conf *r)
+{
+    static const char expected[] = "a path starting with /";
+    const struct ynode *v, *prefix, *exact;
+    const char *s;
+    char q[QUOTE_BUF];
+    if (expect_map(ld, m, "match", match_keys) != CO_OK || check_keys(ld, m, "match", match_keys) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "host")) != NULL && load_match_host(ld, v, r) != CO_OK)
+        return CO_ERROR;
+    prefix = mget(m, "path_prefix");
+    exact = mget(m, "path");
+    if (prefix != NULL && exact != NULL)
+        return fail(ld, m, "match has both path_prefix and path, expected at most one of them");
+    if ((v = prefix != NULL ? prefix : exact) == NULL)
+        return CO_OK;
+    if (get_string(ld, v, prefix != NULL ? "path_prefix" : "path", expected, &s) != CO_OK)
+        return CO_ERROR;
+    bool ok = s[0] == '/' && strlen(s) <= MAX_PATH;
+    for (const char *p = s; ok && *p != '\0'; p++)
+        ok = (unsigned char)*p > 0x20 && *p != 0x7f; /* no spaces or controls in a request-target */
+    if (!ok)
+        return fail(ld, v, "bad %s %s, expected %s and without spaces", prefix != NULL ? "path_prefix" : "path", quote_node(q, v),
+                    expected);
+    free(r->path);
+    r->path = co_strdup(s);
+    r->path_exact = exact != NULL;
+    return CO_OK;
+}
+
+static void cluster_names(const struct config *cfg, char *buf, size_t size)
+{
+    size_t o = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < cfg->n_clusters && cfg->clusters[i].name != NULL; i++) {
+        int w = snprintf(buf + o, size - o, "%s%s", i ? ", " : "", cfg->clusters[i].name);
+        if (w < 0 || (size_t)w >= size - o) {
+            if (size > 4)
+                memcpy(buf + size - 4, "...", 4);
+            return;
+        }
+        o += (size_t)w;
+    }
+}
+
+static int load_split(struct loader *ld, const struct ynode *list, struct route_conf *r)
+{
+    char q[QUOTE_BUF], names[256];
+    uint64_t total = 0;
+    if (expect_list(ld, list, "split", 1, MAX_SPLIT, "{ cluster: NAME, weight: N }") != CO_OK)
+        return CO_ERROR;
+    r->split = co_calloc(list->n_kids, sizeof(*r->split));
+    r->n_split = list->n_kids;
+    for (size_t i = 0; i < list->n_kids; i++) {
+        const struct ynode *m = list->kids[i], *v;
+        struct split_conf *sp = &r->split[i];
+        const char *s;
+        if (expect_map(ld, m, "split entry", split_keys) != CO_OK || check_keys(ld, m, "split entry", split_keys) != CO_OK)
+            return CO_ERROR;
+        if ((v = mget(m, "cluster")) == NULL)
+            return fail(ld, m, "missing required key \"cluster\" in split entry, expected cluster: NAME");
+        if (get_string(ld, v, "split cluster", "a cluster name", &s) != CO_OK)
+            return CO_ERROR;
+        sp->cluster = (struct cluster_conf *)config_find_cluster(ld->cfg, s);
+        if (sp->cluster == NULL) {
+            cluster_names(ld->cfg, names, sizeof(names));
+            return fail(ld, v, "unknown cluster %s in split, expected one of: %s", quote_node(q, v), names);
+        }
+        for (size_t j = 0; j < i; j++)
+            if (r->split[j].cluster == sp->cluster)
+                return fail(ld, v, "cluster %s appears twice in split, expected each cluster once", quote_node(q, v));
+        if ((v = mget(m, "weight")) == NULL)
+            return fail(ld, m, "missing required key \"weight\" in split entry, expected weight: 0..%u", MAX_WEIGHT);
+        if (get_u32(ld, v, "weight", 0, MAX_WEIGHT, &sp->weight) != CO_OK)
+            return CO_ERROR;
+        total += sp->weight;
+    }
+    if (total == 0)
+        return fail(ld, list, "split weights sum to 0, expected at least one weight above 0");
+    r->total_weight = (uint32_t)total;
+    return CO_OK;
+}
+
+static int load_sticky(struct loader *ld, const struct ynode *m, struct route_conf *r)
+{
+    struct sticky_conf *st = &r->sticky;
+    const struct ynode *cookie, *header, *client_ip, *max_age;
+    const char *s;
+    char q[QUOTE_BUF];
+    bool by_ip = false;
+    if (expect_map(ld, m, "sticky", sticky_keys) != CO_OK || check_keys(ld, m, "sticky", sticky_keys) != CO_OK)
+        return CO_ERROR;
+    cookie = mget(m, "cookie");
+    header = mget(m, "header");
+    client_ip = mget(m, "client_ip");
+    max_age = mget(m, "max_age");
+    if (client_ip != NULL && get_bool(ld, client_ip, "client_ip", &by_ip) != CO_OK)
+        return CO_ERROR;
+    int kinds = (cookie != NULL) + (header != NULL) + by_ip;
+    if (kinds != 1)
+        return fail(
+            ld, m,
+            "sticky sets %s of cookie, header, client_ip, expected exactly one of: cookie: NAME, header: NAME, client_ip: true",
+            kinds == 0 ? "none" : "more than one");
+    if (cookie != NULL) {
+        if (get_string(ld, cookie, "sticky cookie", "a cookie name (an RFC 9110 token)", &s) != CO_OK)
+            return CO_ERROR;
+        if (!valid_token(s))
+            return fail(ld, cookie, "bad sticky cookie name %s, expected a cookie name (an RFC 9110 token)", quote_node(q, cookie));
+        st->kind = STICKY_COOKIE;
+        st->name = co_strdup(s);
+    } else if (header != NULL) {
+        if (get_string(ld, header, "sticky header", "a header name (an RFC 9110 token)", &s) != CO_OK)
+            return CO_ERROR;
+        if (!valid_token(s))
+            return fail(ld, header, "bad sticky header name %s, expected a header name (an RFC 9110 token)", quote_node(q, header));
+        st->kind = STICKY_HEADER;
+        st->name = lowercase_dup(s);
+    } else {
+        st->kind = STICKY_CLIENT_IP;
+    }
+    if (max_age != NULL) {
+        uint64_t ms;
+        if (st->kind != STICKY_COOKIE)
+            return fail(ld, max_age, "max_age is set without a sticky cookie, expected max_age only with cookie: NAME");
+        /* User agents cap Max-Age at 400 days (RFC 6265bis §5.6.2). */
+        if (get_duration(ld, max_age, "max_age", 1000, 400 * DAY_MS, &ms) != CO_OK)
+            return CO_ERROR;
+        st->max_age_s = ms / 1000;
+    }
+    return CO_OK;
+}
+
+static int load_override(struct loader *ld, const struct ynode *m, struct route_conf *r)
+{
+    struct override_conf *o = &r->override;
+    const struct ynode *v;
+    const char *s;
+    char q[QUOTE_BUF];
+    if (expect_map(ld, m, "override", override_keys) != CO_OK || check_keys(ld, m, "override", override_keys) != CO_OK)
+        return CO_ERROR;
+    if (mget(m, "header") == NULL && mget(m, "cookie") == NULL)
+        return fail(ld, m, "override has neither header nor cookie, expected at least one of them");
+    if ((v = mget(m, "secret")) == NULL)
+        return fail(ld, m, "missing required key \"secret\" in override, expected secret: \"${ENV_VAR}\"");
+    if ((v = mget(m, "header")) != NULL) {
+        if (get_string(ld, v, "override header", "a header name (an RFC 9110 token)", &s) != CO_OK)
+            return CO_ERROR;
+        if (!valid_token(s))
+            return fail(ld, v, "bad override header name %s, expected a header name (an RFC 9110 token)", quote_node(q, v));
+        o->header = lowercase_dup(s);
+    }
+    if ((v = mget(m, "cookie")) != NULL) {
+        if (get_string(ld, v, "override cookie", "a cookie name (an RFC 9110 token)", &s) != CO_OK)
+            return CO_ERROR;
+        if (!valid_token(s))
+            return fail(ld, v, "bad override cookie name %s, expected a cookie name (an RFC 9110 token)", quote_node(q, v));
+        o->cookie = co_strdup(s);
+    }
+    v = mget(m, "secret");
+    if (get_string(ld, v, "override secret", "a non-empty secret", &s) != CO_OK)
+        return CO_ERROR;
+    if (s[0] == '\0')
+        return fail(ld, v, "override secret is empty, expected a non-empty secret");
+    o->secret = co_strdup(s);
+    o->secret_len = strlen(s);
+    o->enabled = true;
+    return CO_OK;
+}
+
+static int load_route(struct loader *ld, const struct ynode *m, struct route_conf *r)
+{
+    const struct ynode *v;
+    const char *s;
+    char q[QUOTE_BUF];
+    if (expect_map(ld, m, "route", route_keys) != CO_OK || check_keys(ld, m, "route", route_keys) != CO_OK)
+        return CO_ERROR;
+    r->path = co_strdup("/");
+    r->sticky.max_age_s = 86400u * 30u;
+
+    if ((v = mget(m, "name")) == NULL)
+        return fail(ld, m, "missing required key \"name\" in route, expected name: NAME");
+    if (get_string(ld, v, "route name", "a name", &s) != CO_OK)
+        return CO_ERROR;
+    if (!valid_name(s))
+        return fail(ld, v, "bad route name %s, expected 1 to 64 characters from A-Z a-z 0-9 _ . -", quote_node(q, v));
+    for (size_t i = 0; i < r->index; i++)
+        if (strcmp(ld->cfg->routes[i].name, s) == 0)
+            return fail(ld, v, "duplicate route name %s, expected unique route names", quote_node(q, v));
+    r->name = co_strdup(s);
+
+    if ((v = mget(m, "match")) != NULL && load_match(ld, v, r) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "split")) == NULL)
+        return fail(ld, m, "missing required key \"split\" in route \"%s\", expected a list of { cluster: NAME, weight: N }",
+                    r->name);
+    if (load_split(ld, v, r) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "sticky")) != NULL && load_sticky(ld, v, r) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "override")) != NULL && load_override(ld, v, r) != CO_OK)
+        return CO_ERROR;
+    return CO_OK;
+}
+
+static int load_routes(struct loader *ld, const struct ynode *list)
+{
+    struct config *cfg = ld->cfg;
+    if (expect_list(ld, list, "routes", 1, SIZE_MAX, "routes") != CO_OK)
+        return CO_ERROR;
+    cfg->routes = co_calloc(list->n_kids, sizeof(*cfg->routes));
+    for (size_t i = 0; i < list->n_kids; i++) {
+        cfg->n_routes = i + 1;
+        cfg->routes[i].index = i;
+        if (load_route(ld, list->kids[i], &cfg->routes[i]) != CO_OK)
+            return CO_ERROR;
+    }
+    return CO_OK;
+}
+
+static int load_root(struct loader *ld, const struct ynode *root)
+{
+    struct config *cfg = ld->cfg;
+    const struct ynode *v;
+    cfg->limits.max_request_line = 8192;
+    cfg->limits.max_header_bytes = 65536;
+    cfg->limits.max_headers = 100;
+    cfg->limits.max_body_bytes = 0;
+    cfg->limits.max_connections = 10000;
+    cfg->timeouts.header_ms = 10000;
+    cfg->timeouts.idle_ms = 60000;
+    cfg->timeouts.body_ms = 60000;
+    cfg->timeouts.send_ms = 60000;
+
+    if (root == NULL)
+        return fail_at(ld, 1, 1, "the configuration is empty, expected a mapping with keys listen, clusters, routes");
+    if (root->type != YN_MAP)
+        return fail(ld, root, "the configuration is %s, expected a mapping with keys listen, clusters, routes", kind(root));
+    if (check_keys(ld, root, "the configuration", top_keys) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(root, "workers")) != NULL && load_workers(ld, v) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(root, "listen")) == NULL)
+        return fail(ld, root, "missing required key \"listen\", expected a list of listeners ({ address: IP:PORT })");
+    if (load_listeners(ld, v) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(root, "admin")) != NULL && load_admin(ld, v) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(root, "limits")) != NULL && load_limits(ld, v) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(root, "timeouts")) != NULL && load_timeouts(ld, v) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(root, "clusters")) == NULL)
+        return fail(ld, root, "missing required key \"clusters\", expected a list of clusters");
+    if (load_clusters(ld, v) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(root, "routes")) == NULL)
+        return fail(ld, root, "missing required key \"routes\", expected a list of routes");
+    return load_routes(ld, v);
+}
+
+/* ------------------------------------------------------------------------- */
+/* The API. */
+
+static int load(const char *name, const char *data, size_t len, struct config **out, char *err, size_t errlen)
+{
+    struct loader ld = {.file = name, .err = err, .errlen = errlen};
+    struct ynode *root = NULL;
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    if (build_tree(&ld, data, len, &root) != CO_OK)
+        return CO_ERROR;
+    ld.cfg = co_calloc(1, sizeof(*ld.cfg));
+    atomic_init(&ld.cfg->refcount, 1);
+    ld.cfg->file = co_strdup(name);
+    int rc = load_root(&ld, root);
+    ynode_free(root);
+    if (rc != CO_OK) {
+        config_free(ld.cfg);
+        return CO_ERROR;
+    }
+    *out = ld.cfg;
+    return CO_OK;
+}
+
+int config_load_buffer(const char *name, const char *data, size_t len, struct config **out, char *err, size_t errlen)
+{
+    struct loader ld = {.file = name != NULL ? name : "(buffer)", .err = err, .errlen = errlen};
+    if (out != NULL)
+        *out = NULL;
+    if (out == NULL || (data == NULL && len > 0))
+        return fail_at(&ld, 0, 0, "invalid arguments, expected a buffer and an output pointer");
+    if (len > MAX_INPUT)
+        return fail_at(&ld, 0, 0, "input is %zu bytes, expected at most %u bytes", len, MAX_INPUT);
+    return load(ld.file, data != NULL ? data : "", len, out, err, errlen);
+}
+
+int config_load(const char *path, struct config **out, char *err, size_t errlen)
+{
+    struct loader ld = {.file = path != NULL ? path : "(null)", .err = err, .errlen = errlen};
+    if (out != NULL)
+        *out = NULL;
+    if (path == NULL || out == NULL)
+        return fail_at(&ld, 0, 0, "invalid arguments, expected a path and an output pointer");
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return fail_at(&ld, 0, 0, "cannot open: %s", strerror(errno));
+    /* One byte more than allowed tells "too large" from "exactly at the cap"
+     * without trusting st_size (pipes, /proc files). */
+    char *buf = co_malloc(MAX_INPUT + 1);
+    size_t n = fread(buf, 1, MAX_INPUT + 1, f);
+    int read_errno = errno;
+    bool read_failed = ferror(f) != 0;
+    fclose(f);
+    int rc;
+    if (read_failed)
+        rc = fail_at(&ld, 0, 0, "cannot read: %s", strerror(read_errno));
+    else if (n > MAX_INPUT)
+        rc = fail_at(&ld, 0, 0, "file is larger than %u bytes, expected a smaller configuration", MAX_INPUT);
+    else
+        rc = load(path, buf, n, out, err, errlen);
+    free(buf);
+    return rc;
+}
+
+struct config *config_ref(struct config *cfg)
+{
+    if (cfg != NULL)
+        atomic_fetch_add_explicit(&cfg->refcount, 1, memory_order_relaxed);
+    return cfg;
+}
+
+void config_unref(struct config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    /* acq_rel: every reader's last access happens before the free. */
+    unsigned prev = atomic_fetch_sub_explicit(&cfg->refcount, 1, memory_order_acq_rel);
+    if (prev == 1)
+        config_free(cfg);
+}
+
+const struct cluster_conf *config_find_cluster(const struct config *cfg, const char *name)
+{
+    if (cfg == NULL || name == NULL)
+        return NULL;
+    for (size_t i = 0; i < cfg->n_clusters; i++)
+        if (cfg->clusters[i].name != NULL && strcmp(cfg->clusters[i].name, name) == 0)
+            return &cfg->clusters[i];
+    return NULL;
+}
