@@ -160,7 +160,9 @@ void stream_start(struct stream *s)
 
 static void pump_body(struct stream *s)
 {
-    if (!s->has_body || s->body_done || s->up == NULL || s->finished)
+    /* Never before the head: body bytes sent first would be read by the
+     * upstream as a request of their own. */
+    if (!s->has_body || s->body_done || s->up == NULL || !s->up_ready || s->finished)
         return;
     uint64_t max_body = s->cfg->limits.max_body_bytes;
     for (;;) {
@@ -218,6 +220,7 @@ void stream_up_writable(struct stream *s)
 
 void stream_up_connected(struct stream *s)
 {
+    s->up_ready = true;
     if (s->expect_continue && s->has_body && !s->body_started)
         s->ops->send_continue(s);
     if (!s->has_body)
@@ -229,6 +232,7 @@ void stream_up_failed(struct stream *s, int status, const char *why, bool retrya
 {
     struct worker *w = s->worker;
     s->up = NULL;
+    s->up_ready = false;
     if (retryable && !s->body_started && !s->resp_started && s->attempts < 2) {
         s->attempts++;
         w->metrics.upstream_retries++;

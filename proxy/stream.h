@@ -87,6 +87,7 @@ struct stream {
 
     /* Upstream. */
     struct upconn *up;
+    bool up_ready;              /* the request head went out on `up`: body may follow */
     char endpoint[80];          /* "name (addr)" of the endpoint used, for logs */
     bool body_done;             /* whole request body forwarded */
     bool body_started;          /* some request-body bytes were taken from the client */
