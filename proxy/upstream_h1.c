@@ -366,7 +366,9 @@ static bool copy_response_field(const struct h1_response *r, const struct h1_hea
     return !h1_connection_lists(&r->msg, f->name, f->name_len);
 }
 
-static void parse_head(struct upconn *c)
+/* Returns CO_OK when the head is in, CO_AGAIN when more bytes are needed,
+ * CO_ERROR when the connection failed and was freed. */
+static int parse_head(struct upconn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     struct stream *s = c->stream;
@@ -374,7 +376,7 @@ static void parse_head(struct upconn *c)
     for (;;) {
         size_t avail = evbuffer_get_length(in);
         if (avail == 0)
-            return;
+            return CO_AGAIN;
         size_t n = avail < UP_MAX_HEAD ? avail : UP_MAX_HEAD;
         const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
         struct h1_response resp;
@@ -383,15 +385,16 @@ static void parse_head(struct upconn *c)
             if (avail >= UP_MAX_HEAD) {
                 c->worker->metrics.upstream_bad_responses++;
                 fail(c, 502, "response head from upstream too large", false);
+                return CO_ERROR;
             }
-            return;
+            return CO_AGAIN;
         }
         if (r < 0) {
             char why[200];
             snprintf(why, sizeof(why), "malformed response from %s: %s", c->addr, resp.msg.error ? resp.msg.error : "bad head");
             c->worker->metrics.upstream_bad_responses++;
             fail(c, 502, why, false);
-            return;
+            return CO_ERROR;
         }
         if (resp.status < 200) {
             /* 100 Continue was already sent by us; other interim responses
@@ -399,7 +402,7 @@ static void parse_head(struct upconn *c)
             if (resp.status == 101) {
                 c->worker->metrics.upstream_bad_responses++;
                 fail(c, 502, "upstream switched protocols without being asked", false);
-                return;
+                return CO_ERROR;
             }
             evbuffer_drain(in, (size_t)r);
             continue;
@@ -427,7 +430,7 @@ static void parse_head(struct upconn *c)
         evbuffer_drain(in, (size_t)r);
         /* Past the head: an idle read timeout guards a stalled body. */
         set_timeout(c->bev, c->stream ? s->cluster->first_byte_timeout_ms : 0, s->cfg->timeouts.send_ms);
-        return;
+        return CO_OK;
     }
 }
 
@@ -439,11 +442,8 @@ static void on_read(struct bufferevent *bev, void *arg)
         upconn_free(c);
         return;
     }
-    if (!c->head_done) {
-        parse_head(c);
-        if (c->stream == NULL || !c->head_done)
-            return;
-    }
+    if (!c->head_done && parse_head(c) != CO_OK)
+        return; /* incomplete, or c was freed */
     if (!c->paused)
         pump(c);
 }
