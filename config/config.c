@@ -811,6 +811,18 @@ static bool sockaddr_equal(const struct sockaddr_storage *a, const struct sockad
     return false;
 }
 
+static bool sockaddr_is_loopback(const struct sockaddr_storage *sa)
+{
+    if (sa->ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) ||
+               (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return false;
+}
+
 static int get_address(struct loader *ld, const struct ynode *n, const char *what, struct config_addr *addr)
 {
     static const char expected[] = "IP:PORT such as 127.0.0.1:8080 or [::1]:8080";
@@ -883,7 +895,7 @@ static const char *const listener_keys[] = {"address", NULL};
 static const char *const admin_keys[] = {"address", "token", NULL};
 static const char *const limits_keys[] = {"max_request_line", "max_header_bytes", "max_headers",
                                           "max_body_bytes",   "max_connections",  NULL};
-static const char *const timeouts_keys[] = {"header", "idle", "body", "send", NULL};
+static const char *const timeouts_keys[] = {"header", "idle", "body", "send", "drain", NULL};
 static const char *const cluster_keys[] = {"name",         "endpoints", "host", "protocol", "connect_timeout", "first_byte_timeout",
                                            "idle_timeout", "max_idle",  NULL};
 static const char *const route_keys[] = {"name", "match", "split", "sticky", "override", NULL};
@@ -955,6 +967,12 @@ static int load_admin(struct loader *ld, const struct ynode *m)
             return fail(ld, v, "admin token is empty, expected a non-empty token (or no token key)");
         admin->token = co_strdup(s);
     }
+    /* Admin writes (reload) from outside the machine need a token. */
+    if (admin->token == NULL && !sockaddr_is_loopback(&admin->addr.sa))
+        return fail(ld, address != NULL ? address : m,
+                    "admin address \"%s\" is not a loopback address and admin has no token, expected a loopback address "
+                    "or a token",
+                    admin->addr.text);
     for (size_t i = 0; i < ld->cfg->n_listeners; i++)
         if (sockaddr_equal(&ld->cfg->listeners[i].addr.sa, &admin->addr.sa))
             return fail(ld, address != NULL ? address : m,
@@ -992,6 +1010,7 @@ static int load_timeouts(struct loader *ld, const struct ynode *m)
         {"idle", "timeouts.idle", &t->idle_ms},
         {"body", "timeouts.body", &t->body_ms},
         {"send", "timeouts.send", &t->send_ms},
+        {"drain", "timeouts.drain", &t->drain_ms},
     };
     if (expect_map(ld, m, "timeouts", timeouts_keys) != CO_OK || check_keys(ld, m, "timeouts", timeouts_keys) != CO_OK)
         return CO_ERROR;
@@ -1442,6 +1461,7 @@ static int load_root(struct loader *ld, const struct ynode *root)
     cfg->timeouts.idle_ms = 60000;
     cfg->timeouts.body_ms = 60000;
     cfg->timeouts.send_ms = 60000;
+    cfg->timeouts.drain_ms = 30000;
 
     if (root == NULL)
         return fail_at(ld, 1, 1, "the configuration is empty, expected a mapping with keys listen, clusters, routes");

@@ -126,6 +126,7 @@ struct timeouts_conf {
     uint64_t idle_ms;   /* default 60000: keep-alive idle downstream -> close */
     uint64_t body_ms;   /* default 60000: no request body progress for this long -> 408 */
     uint64_t send_ms;   /* default 60000: client not reading for this long -> close */
+    uint64_t drain_ms;  /* default 30000: SIGTERM waits this long for in-flight work */
 };
 
 struct config {

@@ -119,7 +119,7 @@ static void flush(struct accesslog *log)
             evbuffer_ptr_set(log->buf, &p, 1, EVBUFFER_PTR_ADD);
             p = evbuffer_search(log->buf, "\n", 1, &p);
         }
-        log->worker->metrics.log_dropped += lines;
+        METRIC_ADD(log->worker->metrics.log_dropped, lines);
         evbuffer_drain(log->buf, len);
         return;
     }

@@ -28,6 +28,9 @@
 
 #define CO_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
+/* Append a string literal to an evbuffer (length computed at compile time). */
+#define ADD_LIT(buf, lit) evbuffer_add((buf), (lit), sizeof(lit) - 1)
+
 /* Allocation wrappers: never return NULL (abort on exhaustion). */
 void *co_malloc(size_t size);
 void *co_calloc(size_t n, size_t size);

@@ -138,9 +138,9 @@ static void reject(struct h1conn *c, int status, const char *why)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t blen = strlen(why);
-    c->worker->metrics.bad_requests++;
-    c->worker->metrics.requests++;
-    c->worker->metrics.status_class[status / 100]++;
+    METRIC_INC(c->worker->metrics.bad_requests);
+    METRIC_INC(c->worker->metrics.requests);
+    METRIC_INC(c->worker->metrics.status_class[status / 100]);
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %zu\r\n"
                         "connection: close\r\n\r\n%s\n",
@@ -210,6 +210,7 @@ static void switch_to_h2(struct h1conn *c)
     event_free(c->timer);
     event_free(c->post);
     free(c);
+    METRIC_SUB(w->metrics.conns_h1, 1);
     h2conn_start(w, bev, ip, tls);
 }
 
@@ -333,7 +334,7 @@ static void parse_request(struct h1conn *c)
     uint64_t max_body = cfg->limits.max_body_bytes;
     if (max_body && c->body_kind == H1_BODY_LENGTH && c->body_remaining > max_body) {
         c->close_after = true;
-        c->worker->metrics.bad_requests++;
+        METRIC_INC(c->worker->metrics.bad_requests);
         stream_respond(s, 413, "request body too large\n");
         return;
     }
@@ -377,7 +378,7 @@ static long h1_read_body(struct stream *s, struct evbuffer *dst, size_t max, boo
         if (used < 0) {
             log_info("client %s: bad chunked request body: %s", c->client_ip, c->chunked.error ? c->chunked.error : "?");
             c->close_after = true;
-            c->worker->metrics.bad_requests++;
+            METRIC_INC(c->worker->metrics.bad_requests);
             return -1;
         }
         if (dlen) {
@@ -406,9 +407,9 @@ static void h1_send_head(struct stream *s, int status, const struct h1_header *f
     evbuffer_add(out, line, (size_t)len);
     for (size_t i = 0; i < n; i++) {
         evbuffer_add(out, fields[i].name, fields[i].name_len);
-        evbuffer_add(out, ": ", 2);
+        ADD_LIT(out, ": ");
         evbuffer_add(out, fields[i].value, fields[i].value_len);
-        evbuffer_add(out, "\r\n", 2);
+        ADD_LIT(out, "\r\n");
     }
     if (status == 204 || status == 304 || status < 200) {
         c->resp_no_body = true;
@@ -418,17 +419,17 @@ static void h1_send_head(struct stream *s, int status, const struct h1_header *f
     } else if (c->resp_no_body) {
         /* HEAD without a known length: nothing to frame. */
     } else if (c->version_minor >= 1) {
-        evbuffer_add(out, "transfer-encoding: chunked\r\n", 28);
+        ADD_LIT(out, "transfer-encoding: chunked\r\n");
         c->resp_chunked = true;
     } else {
         c->close_after = true; /* HTTP/1.0: the body ends with the connection */
     }
     if (c->close_after)
-        evbuffer_add(out, "connection: close\r\n\r\n", 21);
+        ADD_LIT(out, "connection: close\r\n\r\n");
     else if (c->version_minor == 0)
-        evbuffer_add(out, "connection: keep-alive\r\n\r\n", 26);
+        ADD_LIT(out, "connection: keep-alive\r\n\r\n");
     else
-        evbuffer_add(out, "\r\n", 2);
+        ADD_LIT(out, "\r\n");
 }
 
 static bool h1_send_data(struct stream *s, struct evbuffer *src)
@@ -444,7 +445,7 @@ static bool h1_send_data(struct stream *s, struct evbuffer *src)
             int n = snprintf(line, sizeof(line), "%zx\r\n", len);
             evbuffer_add(out, line, (size_t)n);
             evbuffer_add_buffer(out, src);
-            evbuffer_add(out, "\r\n", 2);
+            ADD_LIT(out, "\r\n");
         } else {
             evbuffer_add_buffer(out, src);
         }
@@ -456,13 +457,13 @@ static void h1_send_end(struct stream *s)
 {
     struct h1conn *c = s->down;
     if (c->resp_chunked)
-        evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
+        ADD_LIT(bufferevent_get_output(c->bev), "0\r\n\r\n");
 }
 
 static void h1_send_continue(struct stream *s)
 {
     struct h1conn *c = s->down;
-    evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    ADD_LIT(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n");
 }
 
 static void h1_done(struct stream *s, bool abort)
@@ -594,7 +595,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         /* Request body stalled. */
         struct stream *s = c->stream;
         c->close_after = true;
-        c->worker->metrics.bad_requests++;
+        METRIC_INC(c->worker->metrics.bad_requests);
         stream_abort(s);
         s->finished = false;
         stream_respond(s, 408, "request body not received in time\n");
@@ -630,12 +631,14 @@ static void conn_free(struct h1conn *c)
     event_free(c->post);
     bufferevent_free(c->bev);
     free(c);
+    METRIC_SUB(w->metrics.conns_h1, 1);
     worker_conn_closed(w);
 }
 
 void h1conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, bool tls)
 {
     struct h1conn *c = co_calloc(1, sizeof(*c));
+    METRIC_INC(w->metrics.conns_h1);
     c->worker = w;
     c->tls = tls;
     c->allow_h2c = !tls;

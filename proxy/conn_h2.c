@@ -530,7 +530,7 @@ static void begin_request(struct h2conn *c, struct h2stream *st, bool end_stream
     }
 
     if (why) {
-        w->metrics.bad_requests++;
+        METRIC_INC(w->metrics.bad_requests);
         log_info("client %s: HTTP/2 stream %d refused with 400: %s", c->client_ip, st->id, why);
         s->has_body = false;
         st->req_eof = true;
@@ -539,7 +539,7 @@ static void begin_request(struct h2conn *c, struct h2stream *st, bool end_stream
     }
     uint64_t max_body = w->cfg->limits.max_body_bytes;
     if (max_body && st->content_length >= 0 && (uint64_t)st->content_length > max_body) {
-        w->metrics.bad_requests++;
+        METRIC_INC(w->metrics.bad_requests);
         s->has_body = false;
         stream_respond(s, 413, "request body too large\n");
         return;
@@ -710,6 +710,7 @@ static void conn_free(struct h2conn *c)
     event_free(c->timer);
     bufferevent_free(c->bev);
     free(c);
+    METRIC_SUB(w->metrics.conns_h2, 1);
     worker_conn_closed(w);
 }
 
@@ -721,6 +722,7 @@ static ssize_t on_send_unused(nghttp2_session *session, const uint8_t *data, siz
 void h2conn_start(struct worker *w, struct bufferevent *bev, const char *client_ip, bool tls)
 {
     struct h2conn *c = co_calloc(1, sizeof(*c));
+    METRIC_INC(w->metrics.conns_h2);
     c->worker = w;
     c->bev = bev;
     c->tls = tls;

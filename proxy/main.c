@@ -13,22 +13,54 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../config/config.h"
 #include "accesslog.h"
+#include "admin.h"
+#include "app.h"
 #include "common.h"
 #include "decide.h"
 #include "worker.h"
 
-struct app {
-    const char *config_path;
-    struct config *cfg;
-    struct worker **workers;
-    unsigned n_workers;
-    uint64_t generation;
-    struct event_base *base;
+/* How often the config file's identity is checked (a ConfigMap update swaps
+ * a symlink: stat() follows it, so the new target's inode shows the change). */
+#define WATCH_INTERVAL_MS 2000
+
+struct file_id {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    bool ok;
 };
+
+static struct file_id watched;
+static struct event *watch_ev;
+static struct event *exit_poll_ev;
+static uint64_t drain_deadline_ms;
+
+static struct file_id file_identity(const char *path)
+{
+    struct file_id id = {0};
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        id.dev = st.st_dev;
+        id.ino = st.st_ino;
+        id.size = st.st_size;
+        id.mtime = st.st_mtim;
+        id.ok = true;
+    }
+    return id;
+}
+
+static bool same_file(const struct file_id *a, const struct file_id *b)
+{
+    return a->ok == b->ok && a->dev == b->dev && a->ino == b->ino && a->size == b->size && a->mtime.tv_sec == b->mtime.tv_sec &&
+           a->mtime.tv_nsec == b->mtime.tv_nsec;
+}
 
 static void usage(FILE *out)
 {
@@ -63,39 +95,81 @@ static int cmd_token(int argc, char **argv)
     return 0;
 }
 
-static void reload(struct app *app)
+int app_reload(struct app *app, const char *why)
 {
     char err[1024];
     struct config *cfg = NULL;
+    app->last_reload_time = time(NULL);
+    watched = file_identity(app->config_path);
     if (config_load(app->config_path, &cfg, err, sizeof(err)) != CO_OK) {
-        log_error("reload refused, the running config (generation %llu) keeps serving: %s", (unsigned long long)app->generation,
-                  err);
-        return;
+        app->reloads_failed++;
+        app->last_reload_ok = false;
+        snprintf(app->last_reload_error, sizeof(app->last_reload_error), "%s", err);
+        log_error("reload refused (%s), the running config (generation %llu) keeps serving: %s", why,
+                  (unsigned long long)app->generation, err);
+        return CO_ERROR;
     }
     bool same_listeners = cfg->n_listeners == app->cfg->n_listeners;
     for (size_t i = 0; same_listeners && i < cfg->n_listeners; i++)
         same_listeners = strcmp(cfg->listeners[i].addr.text, app->cfg->listeners[i].addr.text) == 0;
     if (!same_listeners)
-        log_warn("reload: listener addresses changed; they take effect on restart");
+        log_warn("reload: listener addresses changed; the new ones take effect on restart");
+    if (cfg->admin.enabled != app->cfg->admin.enabled ||
+        (cfg->admin.enabled && strcmp(cfg->admin.addr.text, app->cfg->admin.addr.text) != 0))
+        log_warn("reload: the admin address changed; it takes effect on restart");
     cfg->generation = ++app->generation;
     for (unsigned i = 0; i < app->n_workers; i++)
         worker_set_config(app->workers[i], cfg);
     config_unref(app->cfg);
     app->cfg = cfg;
-    log_info("reloaded %s: generation %llu", app->config_path, (unsigned long long)cfg->generation);
+    app->reloads_ok++;
+    app->last_reload_ok = true;
+    app->last_reload_error[0] = '\0';
+    log_info("reloaded %s (%s): generation %llu", app->config_path, why, (unsigned long long)cfg->generation);
+    return CO_OK;
+}
+
+static void on_watch(evutil_socket_t fd, short what, void *arg)
+{
+    struct app *app = arg;
+    struct file_id now = file_identity(app->config_path);
+    if (now.ok && !same_file(&now, &watched))
+        app_reload(app, "file change");
+    else if (!now.ok)
+        watched = now;
+}
+
+/* While draining: exit the main loop once every worker has stopped. */
+static void on_exit_poll(evutil_socket_t fd, short what, void *arg)
+{
+    struct app *app = arg;
+    unsigned running = 0;
+    for (unsigned i = 0; i < app->n_workers; i++)
+        running += !atomic_load(&app->workers[i]->exited);
+    if (running == 0)
+        event_base_loopexit(app->base, NULL);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     struct app *app = arg;
     if (sig == SIGHUP) {
-        reload(app);
+        app_reload(app, "SIGHUP");
         return;
     }
-    log_info("signal %d: draining", (int)sig);
+    if (app->draining) {
+        log_info("signal %d again: already draining", (int)sig);
+        return;
+    }
+    log_info("signal %d: draining (up to %llu ms): no new connections, in-flight requests finish", (int)sig,
+             (unsigned long long)app->cfg->timeouts.drain_ms);
+    app->draining = true;
+    drain_deadline_ms = co_now_ms() + app->cfg->timeouts.drain_ms;
     for (unsigned i = 0; i < app->n_workers; i++)
         worker_stop(app->workers[i]);
-    event_base_loopexit(app->base, NULL);
+    struct timeval tv = {0, 50 * 1000};
+    exit_poll_ev = event_new(app->base, -1, EV_PERSIST, on_exit_poll, app);
+    event_add(exit_poll_ev, &tv);
 }
 
 int main(int argc, char **argv)
@@ -156,6 +230,8 @@ int main(int argc, char **argv)
         return 0;
     }
     app.cfg->generation = app.generation = 1;
+    app.last_reload_ok = true;
+    app.started = time(NULL);
 
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
@@ -186,8 +262,18 @@ int main(int argc, char **argv)
     }
     for (size_t i = 0; i < app.cfg->n_listeners; i++)
         log_info("listening on %s (%u workers)", app.cfg->listeners[i].addr.text, app.n_workers);
+    if (app.cfg->admin.enabled && (app.admin = admin_new(&app)) == NULL)
+        return 1;
+    watched = file_identity(app.config_path);
+    watch_ev = event_new(app.base, -1, EV_PERSIST, on_watch, &app);
+    struct timeval wtv = {WATCH_INTERVAL_MS / 1000, (WATCH_INTERVAL_MS % 1000) * 1000};
+    event_add(watch_ev, &wtv);
 
     event_base_dispatch(app.base);
+    admin_free(app.admin);
+    event_free(watch_ev);
+    if (exit_poll_ev)
+        event_free(exit_poll_ev);
 
     for (unsigned i = 0; i < app.n_workers; i++)
         worker_join_free(app.workers[i]);

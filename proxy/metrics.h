@@ -7,21 +7,34 @@
 #ifndef CUTOVER_METRICS_H
 #define CUTOVER_METRICS_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
+/* A counter written by one worker and read by the scraper. Relaxed loads and
+ * stores (no read-modify-write: there is a single writer) compile to plain
+ * moves on x86-64 and keep the cross-thread read well defined. */
+typedef _Atomic uint64_t metric_t;
+
+#define METRIC_ADD(m, n) atomic_store_explicit(&(m), atomic_load_explicit(&(m), memory_order_relaxed) + (n), memory_order_relaxed)
+#define METRIC_INC(m) METRIC_ADD(m, 1)
+#define METRIC_SUB(m, n) atomic_store_explicit(&(m), atomic_load_explicit(&(m), memory_order_relaxed) - (n), memory_order_relaxed)
+#define METRIC_GET(m) atomic_load_explicit(&(m), memory_order_relaxed)
+
 struct metrics {
-    uint64_t requests;            /* requests answered (any status) */
-    uint64_t status_class[6];     /* index status/100 (0 = aborted before a status) */
-    uint64_t reason[4];           /* by enum decide_reason */
-    uint64_t override_rejected;   /* override values that were present but invalid */
-    uint64_t no_route;            /* 404 because no route matched */
-    uint64_t bad_requests;        /* 4xx produced by the parser / limits */
-    uint64_t upstream_connect_errors;
-    uint64_t upstream_timeouts;
-    uint64_t upstream_bad_responses;
-    uint64_t upstream_retries;
-    uint64_t conns_accepted;
-    uint64_t log_dropped;         /* access-log lines dropped because the writer fell behind */
+    metric_t requests;            /* requests answered (any status) */
+    metric_t status_class[6];     /* index status/100 (0 = aborted before a status) */
+    metric_t reason[4];           /* by enum decide_reason */
+    metric_t override_rejected;   /* override values that were present but invalid */
+    metric_t no_route;            /* 404 because no route matched */
+    metric_t bad_requests;        /* 4xx produced by the parser / limits */
+    metric_t upstream_connect_errors;
+    metric_t upstream_timeouts;
+    metric_t upstream_bad_responses;
+    metric_t upstream_retries;
+    metric_t conns_accepted;
+    metric_t log_dropped;         /* access-log lines dropped because the writer fell behind */
+    metric_t conns_h1;            /* open downstream HTTP/1.1 connections (gauge) */
+    metric_t conns_h2;            /* open downstream HTTP/2 connections (gauge) */
 };
 
 #endif

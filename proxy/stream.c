@@ -94,7 +94,7 @@ static void decide(struct stream *s)
             idx = decide_check_override(r, v, vlen);
             if (idx < 0) {
                 s->override_rejected = true;
-                w->metrics.override_rejected++;
+                METRIC_INC(w->metrics.override_rejected);
             } else {
                 s->reason = DECIDE_OVERRIDE;
             }
@@ -140,14 +140,14 @@ static void decide(struct stream *s)
     }
     s->split_index = idx;
     s->cluster = r->split[idx].cluster;
-    w->metrics.reason[s->reason]++;
+    METRIC_INC(w->metrics.reason[s->reason]);
 }
 
 void stream_start(struct stream *s)
 {
     s->route = router_match(s->cfg, s->host, s->host_len, s->target, s->target_len);
     if (s->route == NULL) {
-        s->worker->metrics.no_route++;
+        METRIC_INC(s->worker->metrics.no_route);
         stream_respond(s, 404, "no route for this host and path\n");
         return;
     }
@@ -189,7 +189,7 @@ static void pump_body(struct stream *s)
                 struct upconn *up = s->up;
                 s->up = NULL;
                 upconn_release(up, false);
-                s->worker->metrics.bad_requests++;
+                METRIC_INC(s->worker->metrics.bad_requests);
                 if (!s->resp_started)
                     stream_respond(s, 413, "request body too large\n");
                 else
@@ -235,7 +235,7 @@ void stream_up_failed(struct stream *s, int status, const char *why, bool retrya
     s->up_ready = false;
     if (retryable && !s->body_started && !s->resp_started && s->attempts < 2) {
         s->attempts++;
-        w->metrics.upstream_retries++;
+        METRIC_INC(w->metrics.upstream_retries);
         log_warn("request %s to cluster %s: %s; retrying on a new connection", s->request_id, s->cluster->name, why);
         upconn_start(s, true);
         return;
@@ -352,23 +352,23 @@ static void log_line(struct stream *s)
     accesslog_json_str(b, s->request_id, strlen(s->request_id));
     evbuffer_add_printf(b, "\",\"client\":\"%s\",\"proto\":\"%s\",\"method\":\"", s->client_ip, s->proto);
     accesslog_json_str(b, s->method ? s->method : "", s->method_len);
-    evbuffer_add(b, "\",\"host\":\"", 10);
+    ADD_LIT(b, "\",\"host\":\"");
     accesslog_json_str(b, s->host ? s->host : "", s->host_len);
-    evbuffer_add(b, "\",\"path\":\"", 10);
+    ADD_LIT(b, "\",\"path\":\"");
     accesslog_json_str(b, s->target ? s->target : "", s->target_len);
-    evbuffer_add(b, "\",\"route\":", 10);
+    ADD_LIT(b, "\",\"route\":");
     if (s->route) {
-        evbuffer_add(b, "\"", 1);
+        ADD_LIT(b, "\"");
         accesslog_json_str(b, s->route->name, strlen(s->route->name));
-        evbuffer_add(b, "\"", 1);
+        ADD_LIT(b, "\"");
     } else {
-        evbuffer_add(b, "null", 4);
+        ADD_LIT(b, "null");
     }
     if (s->cluster)
         evbuffer_add_printf(b, ",\"cluster\":\"%s\",\"endpoint\":\"%s\",\"decision\":\"%s\"", s->cluster->name, s->endpoint,
                             decide_reason_name(s->reason));
     else
-        evbuffer_add(b, ",\"cluster\":null,\"endpoint\":null,\"decision\":null", 47);
+        ADD_LIT(b, ",\"cluster\":null,\"endpoint\":null,\"decision\":null");
     evbuffer_add_printf(b,
                         ",\"override_rejected\":%s,\"status\":%d,\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
                         ",\"duration_ms\":%.3f,\"upstream_ms\":%.3f,\"attempts\":%u,\"completed\":%s}\n",
@@ -387,8 +387,8 @@ void stream_free(struct stream *s)
         upconn_release(up, false);
     }
     if (s->method) {
-        w->metrics.requests++;
-        w->metrics.status_class[s->resp_done ? (unsigned)(s->status / 100) % 6 : 0]++;
+        METRIC_INC(w->metrics.requests);
+        METRIC_INC(w->metrics.status_class[s->resp_done ? (unsigned)(s->status / 100) % 6 : 0]);
         log_line(s);
     }
     if (s->body_buf)

@@ -111,14 +111,14 @@ static void write_head(struct upconn *c, struct stream *s)
     size_t xff_len = 0, via_len = 0;
 
     evbuffer_add(out, s->method, s->method_len);
-    evbuffer_add(out, " ", 1);
+    ADD_LIT(out, " ");
     evbuffer_add(out, s->target, s->target_len);
-    evbuffer_add(out, " HTTP/1.1\r\nhost: ", 17);
+    ADD_LIT(out, " HTTP/1.1\r\nhost: ");
     if (cl->host)
         add_str(out, cl->host);
     else
         evbuffer_add(out, s->host, s->host_len);
-    evbuffer_add(out, "\r\n", 2);
+    ADD_LIT(out, "\r\n");
     for (size_t i = 0; i < s->n_fields; i++) {
         const struct h1_header *f = &s->fields[i];
         if (skip_request_field(f)) {
@@ -132,24 +132,24 @@ static void write_head(struct upconn *c, struct stream *s)
             continue;
         }
         evbuffer_add(out, f->name, f->name_len);
-        evbuffer_add(out, ": ", 2);
+        ADD_LIT(out, ": ");
         evbuffer_add(out, f->value, f->value_len);
-        evbuffer_add(out, "\r\n", 2);
+        ADD_LIT(out, "\r\n");
     }
     /* X-Forwarded-For: append the address we saw to what the client sent
      * (the usual proxy_add_x_forwarded_for semantics). */
-    evbuffer_add(out, "x-forwarded-for: ", 17);
+    ADD_LIT(out, "x-forwarded-for: ");
     if (xff_len) {
         evbuffer_add(out, xff, xff_len);
-        evbuffer_add(out, ", ", 2);
+        ADD_LIT(out, ", ");
     }
     add_str(out, s->client_ip);
     add_str(out, s->tls ? "\r\nx-forwarded-proto: https\r\nx-forwarded-host: " : "\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
     evbuffer_add(out, s->host, s->host_len);
-    evbuffer_add(out, "\r\nvia: ", 7);
+    ADD_LIT(out, "\r\nvia: ");
     if (via_len) {
         evbuffer_add(out, via, via_len);
-        evbuffer_add(out, ", ", 2);
+        ADD_LIT(out, ", ");
     }
     /* RFC 9110 §7.6.3: received-protocol, then our pseudonym. */
     add_str(out, s->version_minor == 0 ? "1.0 cutover" : (s->proto[5] == '2' ? "2 cutover" : "1.1 cutover"));
@@ -159,14 +159,14 @@ static void write_head(struct upconn *c, struct stream *s)
         if (s->content_length >= 0)
             evbuffer_add_printf(out, "\r\ncontent-length: %lld\r\n\r\n", (long long)s->content_length);
         else
-            evbuffer_add(out, "\r\ntransfer-encoding: chunked\r\n\r\n", 32);
+            ADD_LIT(out, "\r\ntransfer-encoding: chunked\r\n\r\n");
     } else if (s->method_len == 4 && (memcmp(s->method, "POST", 4) == 0)) {
         /* RFC 9110 §8.6: a POST without a body should say so. */
-        evbuffer_add(out, "\r\ncontent-length: 0\r\n\r\n", 23);
+        ADD_LIT(out, "\r\ncontent-length: 0\r\n\r\n");
     } else if (s->method_len == 3 && memcmp(s->method, "PUT", 3) == 0) {
-        evbuffer_add(out, "\r\ncontent-length: 0\r\n\r\n", 23);
+        ADD_LIT(out, "\r\ncontent-length: 0\r\n\r\n");
     } else {
-        evbuffer_add(out, "\r\n\r\n", 4);
+        ADD_LIT(out, "\r\n\r\n");
     }
 }
 
@@ -230,7 +230,7 @@ void upconn_start(struct stream *s, bool fresh)
         snprintf(s->endpoint, sizeof(s->endpoint), "%s", c->addr);
         s->up = NULL;
         upconn_free(c);
-        w->metrics.upstream_connect_errors++;
+        METRIC_INC(w->metrics.upstream_connect_errors);
         stream_up_failed(s, 503, why, false);
     }
 }
@@ -255,10 +255,10 @@ void upconn_send_body(struct upconn *c, struct evbuffer *buf, bool eof)
         int n = snprintf(line, sizeof(line), "%zx\r\n", len);
         evbuffer_add(out, line, (size_t)n);
         evbuffer_add_buffer(out, buf);
-        evbuffer_add(out, "\r\n", 2);
+        ADD_LIT(out, "\r\n");
     }
     if (eof)
-        evbuffer_add(out, "0\r\n\r\n", 5);
+        ADD_LIT(out, "0\r\n\r\n");
 }
 
 /* Detach from the stream and report a failure to it. */
@@ -320,7 +320,7 @@ static void pump(struct upconn *c)
                 char why[160];
                 snprintf(why, sizeof(why), "malformed chunked response body from %s: %s", c->addr,
                          c->chunked.error ? c->chunked.error : "?");
-                c->worker->metrics.upstream_bad_responses++;
+                METRIC_INC(c->worker->metrics.upstream_bad_responses);
                 fail(c, 502, why, false);
                 return;
             }
@@ -383,7 +383,7 @@ static int parse_head(struct upconn *c)
         int r = h1_parse_response(p, n, &lim, &resp);
         if (r == H1_INCOMPLETE) {
             if (avail >= UP_MAX_HEAD) {
-                c->worker->metrics.upstream_bad_responses++;
+                METRIC_INC(c->worker->metrics.upstream_bad_responses);
                 fail(c, 502, "response head from upstream too large", false);
                 return CO_ERROR;
             }
@@ -392,7 +392,7 @@ static int parse_head(struct upconn *c)
         if (r < 0) {
             char why[200];
             snprintf(why, sizeof(why), "malformed response from %s: %s", c->addr, resp.msg.error ? resp.msg.error : "bad head");
-            c->worker->metrics.upstream_bad_responses++;
+            METRIC_INC(c->worker->metrics.upstream_bad_responses);
             fail(c, 502, why, false);
             return CO_ERROR;
         }
@@ -400,7 +400,7 @@ static int parse_head(struct upconn *c)
             /* 100 Continue was already sent by us; other interim responses
              * (102, 103) are dropped. 101 needs an Upgrade we never send. */
             if (resp.status == 101) {
-                c->worker->metrics.upstream_bad_responses++;
+                METRIC_INC(c->worker->metrics.upstream_bad_responses);
                 fail(c, 502, "upstream switched protocols without being asked", false);
                 return CO_ERROR;
             }
@@ -475,7 +475,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     }
     if (c->state == UP_CONNECTING) {
         int err = EVUTIL_SOCKET_ERROR();
-        c->worker->metrics.upstream_connect_errors++;
+        METRIC_INC(c->worker->metrics.upstream_connect_errors);
         if (what & BEV_EVENT_TIMEOUT)
             snprintf(why, sizeof(why), "connect(%s) timed out after %llu ms", c->addr,
                      (unsigned long long)s->cluster->connect_timeout_ms);
@@ -485,7 +485,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (what & BEV_EVENT_TIMEOUT) {
-        c->worker->metrics.upstream_timeouts++;
+        METRIC_INC(c->worker->metrics.upstream_timeouts);
         snprintf(why, sizeof(why), "%s from %s timed out", c->head_done ? "response body" : "response head", c->addr);
         fail(c, 504, why, false);
         return;
@@ -510,7 +510,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     snprintf(why, sizeof(why), "upstream %s %s %s", c->addr, (what & BEV_EVENT_EOF) ? "closed the connection" : "connection error",
              c->head_done ? "in the response body" : "before a complete response head");
     if (!c->head_done)
-        c->worker->metrics.upstream_bad_responses++;
+        METRIC_INC(c->worker->metrics.upstream_bad_responses);
     fail(c, 502, why, retry);
 }
 

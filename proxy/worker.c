@@ -38,7 +38,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 {
     struct worker *w = arg;
     w->n_conns++;
-    w->metrics.conns_accepted++;
+    METRIC_INC(w->metrics.conns_accepted);
     h1conn_accept(w, fd, sa, false);
     if (w->n_conns >= w->cfg->limits.max_connections)
         pause_accepting(w);
@@ -109,7 +109,8 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
         event_base_loopexit(w->base, NULL);
         return;
     }
-    struct timeval tv = {10, 0};
+    uint64_t ms = w->cfg->timeouts.drain_ms;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
     w->drain_timer = evtimer_new(w->base, on_drain_timeout, w);
     evtimer_add(w->drain_timer, &tv);
 }
@@ -191,6 +192,7 @@ static void *run(void *arg)
 {
     struct worker *w = arg;
     event_base_dispatch(w->base);
+    atomic_store(&w->exited, true);
     return NULL;
 }
 

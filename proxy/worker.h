@@ -8,6 +8,8 @@
 #define CUTOVER_WORKER_H
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "../config/config.h"
@@ -38,6 +40,7 @@ struct worker {
     struct event *drain_timer; /* forced exit after the drain timeout */
     unsigned n_conns;          /* open downstream connections */
     int draining;              /* stop accepting; exit when n_conns == 0 */
+    atomic_bool exited;        /* the loop has returned (read by the main thread) */
     uint64_t rng[2];           /* xorshift128+ state for request ids and cookies */
 };
 
