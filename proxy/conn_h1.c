@@ -37,6 +37,7 @@ enum h1_state {
 #define DOWN_WRITE_LOW (64 * 1024)
 
 struct h1conn {
+    struct conn_link link;   /* first: the worker's list of connections */
     struct worker *worker;
     struct bufferevent *bev;
     struct stream *stream;
@@ -207,6 +208,7 @@ static void switch_to_h2(struct h1conn *c)
     char ip[INET6_ADDRSTRLEN];
     memcpy(ip, c->client_ip, sizeof(ip));
     bool tls = c->tls;
+    worker_conn_unlink(&c->link);
     event_free(c->timer);
     event_free(c->post);
     free(c);
@@ -620,6 +622,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 static void conn_free(struct h1conn *c)
 {
     struct worker *w = c->worker;
+    worker_conn_unlink(&c->link);
     if (c->stream) {
         struct stream *s = c->stream;
         c->stream = NULL;
@@ -635,10 +638,21 @@ static void conn_free(struct h1conn *c)
     worker_conn_closed(w);
 }
 
+/* The worker drains: an idle connection closes now, a busy one after its
+ * current response (which then says "connection: close"). */
+static void on_drain(struct conn_link *link)
+{
+    struct h1conn *c = (struct h1conn *)link;
+    c->close_after = true;
+    if (c->state == ST_HEAD && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+        conn_free(c);
+}
+
 void h1conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, bool tls)
 {
     struct h1conn *c = co_calloc(1, sizeof(*c));
     METRIC_INC(w->metrics.conns_h1);
+    worker_conn_link(w, &c->link, on_drain);
     c->worker = w;
     c->tls = tls;
     c->allow_h2c = !tls;

@@ -73,6 +73,7 @@ struct h2stream {
 };
 
 struct h2conn {
+    struct conn_link link; /* first: the worker's list of connections */
     struct worker *worker;
     struct bufferevent *bev;
     nghttp2_session *session;
@@ -697,6 +698,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 static void conn_free(struct h2conn *c)
 {
     struct worker *w = c->worker;
+    worker_conn_unlink(&c->link);
     /* nghttp2_session_del() frees its streams without calling
      * on_stream_close: end ours first (upstream work is cancelled). */
     nghttp2_session *session = c->session;
@@ -719,10 +721,23 @@ static ssize_t on_send_unused(nghttp2_session *session, const uint8_t *data, siz
     return NGHTTP2_ERR_CALLBACK_FAILURE; /* we use mem_send */
 }
 
+/* The worker drains: GOAWAY with the last stream we took; streams in flight
+ * finish, then the session has nothing to read or write and closes. */
+static void on_drain(struct conn_link *link)
+{
+    struct h2conn *c = (struct h2conn *)link;
+    c->closing = true;
+    nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->session),
+                          NGHTTP2_NO_ERROR, NULL, 0);
+    if (flush_session(c) != CO_OK || (c->n_streams == 0 && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0))
+        conn_free(c);
+}
+
 void h2conn_start(struct worker *w, struct bufferevent *bev, const char *client_ip, bool tls)
 {
     struct h2conn *c = co_calloc(1, sizeof(*c));
     METRIC_INC(w->metrics.conns_h2);
+    worker_conn_link(w, &c->link, on_drain);
     c->worker = w;
     c->bev = bev;
     c->tls = tls;

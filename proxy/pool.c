@@ -9,7 +9,7 @@
 #include <stdlib.h>
 
 #include "common.h"
-#include "upstream.h"
+#include "upstream_h1.h"
 #include "worker.h"
 
 static struct ep_pool *find_ep(struct pool *p, const char *cluster, const char *endpoint)

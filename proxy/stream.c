@@ -155,7 +155,7 @@ void stream_start(struct stream *s)
     s->body_buf = evbuffer_new();
     s->attempts = 1;
     s->t_up_start_us = co_now_us();
-    upconn_start(s, false);
+    upstream_start(s, false);
 }
 
 static void pump_body(struct stream *s)
@@ -166,16 +166,16 @@ static void pump_body(struct stream *s)
         return;
     uint64_t max_body = s->cfg->limits.max_body_bytes;
     for (;;) {
-        size_t pending = upconn_pending(s->up);
+        size_t pending = upstream_pending(s->up);
         if (pending >= STREAM_HIGH_WATER)
             return; /* resumed from stream_up_writable() */
         bool eof = false;
         long n = s->ops->read_body(s, s->body_buf, STREAM_HIGH_WATER - pending, &eof);
         if (n < 0) {
             /* Framing error in the request body: never forward the rest. */
-            struct upconn *up = s->up;
+            struct upstream *up = s->up;
             s->up = NULL;
-            upconn_release(up, false);
+            upstream_release(up, false);
             if (!s->resp_started)
                 stream_respond(s, 400, "malformed request body\n");
             else
@@ -186,9 +186,9 @@ static void pump_body(struct stream *s)
             s->body_started = true;
             s->bytes_in += (uint64_t)n;
             if (max_body && s->bytes_in > max_body) {
-                struct upconn *up = s->up;
+                struct upstream *up = s->up;
                 s->up = NULL;
-                upconn_release(up, false);
+                upstream_release(up, false);
                 METRIC_INC(s->worker->metrics.bad_requests);
                 if (!s->resp_started)
                     stream_respond(s, 413, "request body too large\n");
@@ -198,7 +198,7 @@ static void pump_body(struct stream *s)
             }
         }
         if (n > 0 || eof)
-            upconn_send_body(s->up, s->body_buf, eof);
+            upstream_send_body(s->up, s->body_buf, eof);
         if (eof) {
             s->body_done = true;
             return;
@@ -237,7 +237,7 @@ void stream_up_failed(struct stream *s, int status, const char *why, bool retrya
         s->attempts++;
         METRIC_INC(w->metrics.upstream_retries);
         log_warn("request %s to cluster %s: %s; retrying on a new connection", s->request_id, s->cluster->name, why);
-        upconn_start(s, true);
+        upstream_start(s, true);
         return;
     }
     log_warn("request %s to cluster %s endpoint %s: %s; answering %d", s->request_id, s->cluster->name, s->endpoint, why,
@@ -280,13 +280,13 @@ bool stream_up_data(struct stream *s, struct evbuffer *src)
 
 void stream_up_end(struct stream *s)
 {
-    struct upconn *up = s->up;
+    struct upstream *up = s->up;
     s->up = NULL;
     s->resp_done = true;
     /* Reusable only when the request went out whole: otherwise the upstream
      * may still be waiting for body bytes that will never come. */
     if (up)
-        upconn_release(up, s->body_done || !s->has_body);
+        upstream_release(up, s->body_done || !s->has_body);
     s->ops->send_end(s);
     finish(s, false);
 }
@@ -294,15 +294,15 @@ void stream_up_end(struct stream *s)
 void stream_on_down_writable(struct stream *s)
 {
     if (s->up && !s->finished)
-        upconn_resume(s->up);
+        upstream_resume(s->up);
 }
 
 void stream_abort(struct stream *s)
 {
     if (s->up) {
-        struct upconn *up = s->up;
+        struct upstream *up = s->up;
         s->up = NULL;
-        upconn_release(up, false);
+        upstream_release(up, false);
     }
     s->finished = true;
 }
@@ -382,9 +382,9 @@ void stream_free(struct stream *s)
 {
     struct worker *w = s->worker;
     if (s->up) {
-        struct upconn *up = s->up;
+        struct upstream *up = s->up;
         s->up = NULL;
-        upconn_release(up, false);
+        upstream_release(up, false);
     }
     if (s->method) {
         METRIC_INC(w->metrics.requests);

@@ -24,7 +24,7 @@
 struct worker;
 struct config;
 struct evbuffer;
-struct upconn;
+struct upstream;
 struct stream;
 
 /* Bound on bytes queued towards a peer before the other side stops reading. */
@@ -86,7 +86,7 @@ struct stream {
     bool override_rejected;
 
     /* Upstream. */
-    struct upconn *up;
+    struct upstream *up;
     bool up_ready;              /* the request head went out on `up`: body may follow */
     char endpoint[80];          /* "name (addr)" of the endpoint used, for logs */
     bool body_done;             /* whole request body forwarded */

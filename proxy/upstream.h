@@ -1,68 +1,58 @@
 /*
- * upstream.h - an HTTP/1.1 connection to one upstream endpoint. It carries
- * one stream at a time and returns to its endpoint pool when the exchange
- * ended cleanly (response fully framed, request fully sent, keep-alive).
+ * upstream.h - the upstream side of one exchange, as the stream sees it.
+ * HTTP/1.1 connections (upstream_h1.c) and, later, HTTP/2 streams implement
+ * the same small table; the stream never knows which protocol it talks.
  */
 #ifndef CUTOVER_UPSTREAM_H
 #define CUTOVER_UPSTREAM_H
 
 #include <stdbool.h>
 #include <stddef.h>
-#include <stdint.h>
-#include <sys/queue.h>
-
-#include "h1.h"
 
 struct stream;
-struct worker;
-struct ep_pool;
-struct bufferevent;
+struct upstream;
 struct evbuffer;
 
-enum upconn_state {
-    UP_CONNECTING,
-    UP_ACTIVE, /* carrying a stream */
-    UP_IDLE,   /* parked in the pool */
+struct upstream_ops {
+    /* Queue request-body payload (moved out of buf; NULL allowed) and, with
+     * eof, the end of the body. */
+    void (*send_body)(struct upstream *u, struct evbuffer *buf, bool eof);
+    /* Request bytes queued towards the upstream and not yet written. */
+    size_t (*pending)(struct upstream *u);
+    /* The downstream drained: deliver buffered response bytes again. */
+    void (*resume)(struct upstream *u);
+    /* The stream is done with it: keep the connection for reuse when
+     * `reusable` (and the protocol state allows), else close/reset it. */
+    void (*release)(struct upstream *u, bool reusable);
 };
 
-struct upconn {
-    struct worker *worker;
-    struct bufferevent *bev;
-    struct ep_pool *ep;       /* the endpoint pool it belongs to */
-    struct stream *stream;    /* NULL when idle */
-    TAILQ_ENTRY(upconn) link; /* idle list */
-    enum upconn_state state;
-    bool reused;              /* carried an earlier exchange */
-    bool head_done;           /* response head parsed */
-    bool resp_done;
-    bool paused;              /* downstream full: not consuming input */
-    bool keep_alive;          /* upstream allows reuse */
-    enum h1_body_kind body_kind;
-    uint64_t remaining;       /* LENGTH bodies */
-    struct h1_chunked chunked;
-    struct evbuffer *tmp;     /* payload handed to the stream */
-    char addr[64];            /* "ip:port" connected to */
-    unsigned exchanges;
+struct upstream {
+    const struct upstream_ops *ops;
 };
 
-/* Choose an endpoint for s->cluster, take an idle connection or open one,
- * send the request head. Failures are reported through stream_up_failed(). */
-void upconn_start(struct stream *s, bool fresh);
+/* Choose an endpoint of s->cluster and start the exchange on a pooled or new
+ * connection. Progress and failures come back through stream_up_*().
+ * `fresh`: do not reuse a pooled connection (retry after a stale one). */
+void upstream_start(struct stream *s, bool fresh);
 
-/* Queue request-body payload (moved out of buf; NULL allowed) and, with eof,
- * the end of the body (chunked terminator). */
-void upconn_send_body(struct upconn *c, struct evbuffer *buf, bool eof);
+static inline void upstream_send_body(struct upstream *u, struct evbuffer *buf, bool eof)
+{
+    u->ops->send_body(u, buf, eof);
+}
 
-/* Bytes queued towards the upstream. */
-size_t upconn_pending(struct upconn *c);
+static inline size_t upstream_pending(struct upstream *u)
+{
+    return u->ops->pending(u);
+}
 
-/* The downstream drained: consume buffered response bytes again. */
-void upconn_resume(struct upconn *c);
+static inline void upstream_resume(struct upstream *u)
+{
+    u->ops->resume(u);
+}
 
-/* The stream is finished with the connection: park it when reusable, else close. */
-void upconn_release(struct upconn *c, bool reusable);
-
-/* Close and free now. */
-void upconn_free(struct upconn *c);
+static inline void upstream_release(struct upstream *u, bool reusable)
+{
+    u->ops->release(u, reusable);
+}
 
 #endif

@@ -2,7 +2,7 @@
  * upstream_h1.c - HTTP/1.1 to an upstream endpoint: connect, send the request
  * head and body, parse and relay the response, then park in the pool.
  */
-#include "upstream.h"
+#include "upstream_h1.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -29,6 +29,17 @@
 static void on_read(struct bufferevent *bev, void *arg);
 static void on_write(struct bufferevent *bev, void *arg);
 static void on_event(struct bufferevent *bev, short what, void *arg);
+static size_t up_pending(struct upstream *u);
+static void up_send_body(struct upstream *u, struct evbuffer *buf, bool eof);
+static void up_resume(struct upstream *u);
+static void up_release(struct upstream *u, bool reusable);
+
+static const struct upstream_ops upconn_ops = {
+    .send_body = up_send_body,
+    .pending = up_pending,
+    .resume = up_resume,
+    .release = up_release,
+};
 
 static void set_timeout(struct bufferevent *bev, uint64_t read_ms, uint64_t write_ms)
 {
@@ -173,7 +184,7 @@ static void write_head(struct upconn *c, struct stream *s)
 static void attach(struct upconn *c, struct stream *s)
 {
     c->stream = s;
-    s->up = c;
+    s->up = &c->base;
     c->state = UP_ACTIVE;
     reset_exchange(c);
     snprintf(s->endpoint, sizeof(s->endpoint), "%s", c->addr);
@@ -192,11 +203,16 @@ static void begin(struct upconn *c)
     stream_up_connected(s);
 }
 
-void upconn_start(struct stream *s, bool fresh)
+void upstream_start(struct stream *s, bool fresh)
+{
+    const struct endpoint_conf *e;
+    struct ep_pool *ep = pool_pick(s->worker->pool, s->cluster, &e);
+    upconn_start(s, ep, e, fresh);
+}
+
+void upconn_start(struct stream *s, struct ep_pool *ep, const struct endpoint_conf *e, bool fresh)
 {
     struct worker *w = s->worker;
-    const struct endpoint_conf *e;
-    struct ep_pool *ep = pool_pick(w->pool, s->cluster, &e);
     struct upconn *c = fresh ? NULL : pool_take_idle(ep);
     if (c) {
         c->reused = true;
@@ -210,6 +226,7 @@ void upconn_start(struct stream *s, bool fresh)
     const struct sockaddr *sa = (const struct sockaddr *)&e->addrs[ai];
 
     c = co_calloc(1, sizeof(*c));
+    c->base.ops = &upconn_ops;
     c->worker = w;
     c->ep = ep;
     c->tmp = evbuffer_new();
@@ -235,13 +252,15 @@ void upconn_start(struct stream *s, bool fresh)
     }
 }
 
-size_t upconn_pending(struct upconn *c)
+static size_t up_pending(struct upstream *u)
 {
+    struct upconn *c = (struct upconn *)u;
     return evbuffer_get_length(bufferevent_get_output(c->bev));
 }
 
-void upconn_send_body(struct upconn *c, struct evbuffer *buf, bool eof)
+static void up_send_body(struct upstream *u, struct evbuffer *buf, bool eof)
 {
+    struct upconn *c = (struct upconn *)u;
     struct stream *s = c->stream;
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t len = buf ? evbuffer_get_length(buf) : 0;
@@ -281,7 +300,7 @@ static void end_response(struct upconn *c)
      * framing: never reuse that connection (RFC 9112 §6.3). */
     if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
         c->keep_alive = false;
-    stream_up_end(s); /* calls upconn_release() */
+    stream_up_end(s); /* calls up_release() */
 }
 
 /* Relay buffered body bytes to the stream until input runs out, the body
@@ -349,8 +368,9 @@ static void pump(struct upconn *c)
     }
 }
 
-void upconn_resume(struct upconn *c)
+static void up_resume(struct upstream *u)
 {
+    struct upconn *c = (struct upconn *)u;
     if (!c->paused)
         return;
     c->paused = false;
@@ -514,8 +534,9 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     fail(c, 502, why, retry);
 }
 
-void upconn_release(struct upconn *c, bool reusable)
+static void up_release(struct upstream *u, bool reusable)
 {
+    struct upconn *c = (struct upconn *)u;
     c->stream = NULL;
     if (!reusable || !c->keep_alive || !c->resp_done || c->ep == NULL || c->state != UP_ACTIVE) {
         upconn_free(c);

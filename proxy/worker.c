@@ -87,6 +87,22 @@ void worker_conn_closed(struct worker *w)
         on_resume(-1, 0, w);
 }
 
+void worker_conn_link(struct worker *w, struct conn_link *link, void (*drain)(struct conn_link *))
+{
+    link->drain = drain;
+    link->next = w->conns.next;
+    link->prev = &w->conns;
+    w->conns.next->prev = link;
+    w->conns.next = link;
+}
+
+void worker_conn_unlink(struct conn_link *link)
+{
+    link->prev->next = link->next;
+    link->next->prev = link->prev;
+    link->prev = link->next = link;
+}
+
 static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
@@ -105,6 +121,11 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
         w->listeners[i] = NULL;
     }
     w->n_listeners = 0;
+    /* Tell every connection (a drain callback may close its connection). */
+    for (struct conn_link *l = w->conns.next, *next; l != &w->conns; l = next) {
+        next = l->next;
+        l->drain(l);
+    }
     if (w->n_conns == 0) {
         event_base_loopexit(w->base, NULL);
         return;
@@ -148,6 +169,7 @@ struct worker *worker_new(unsigned id, struct config *cfg)
 {
     struct worker *w = co_calloc(1, sizeof(*w));
     w->id = id;
+    w->conns.next = w->conns.prev = &w->conns;
     w->base = event_base_new();
     if (w->base == NULL) {
         log_error("worker %u: event_base_new failed", id);

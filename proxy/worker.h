@@ -22,6 +22,13 @@ struct event;
 struct accesslog;
 struct pool;
 
+/* Every downstream connection is linked in its worker's list so a drain can
+ * reach it (close idle HTTP/1.1 connections, GOAWAY on HTTP/2). */
+struct conn_link {
+    struct conn_link *prev, *next;
+    void (*drain)(struct conn_link *link); /* called once when the worker starts draining */
+};
+
 struct worker {
     unsigned id;
     pthread_t thread;
@@ -39,6 +46,7 @@ struct worker {
     struct config *pending;    /* next snapshot, owned reference */
     struct event *drain_timer; /* forced exit after the drain timeout */
     unsigned n_conns;          /* open downstream connections */
+    struct conn_link conns;    /* list head (sentinel) of open connections */
     int draining;              /* stop accepting; exit when n_conns == 0 */
     atomic_bool exited;        /* the loop has returned (read by the main thread) */
     uint64_t rng[2];           /* xorshift128+ state for request ids and cookies */
@@ -66,5 +74,9 @@ uint64_t worker_random(struct worker *w);
 
 /* Called by connections when they close, to finish a drain. */
 void worker_conn_closed(struct worker *w);
+
+/* Link / unlink a connection (its drain callback runs when the worker drains). */
+void worker_conn_link(struct worker *w, struct conn_link *link, void (*drain)(struct conn_link *));
+void worker_conn_unlink(struct conn_link *link);
 
 #endif
