@@ -15,6 +15,7 @@
  */
 #include "config/config.h"
 #include "proxy/common.h"
+#include "tls/tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -27,7 +28,7 @@
 #include <string.h>
 #include <yaml.h>
 
-#define MAX_INPUT (1024u * 1024u) /* bytes of YAML */
+#define CONFIG_MAX_INPUT (1024u * 1024u) /* bytes of YAML */
 #define MAX_DEPTH 32u             /* nested mappings/lists; the schema needs 5 */
 #define MAX_NODES 100000u         /* scalars + collections in the document */
 #define MAX_VALUE (64u * 1024u)   /* bytes of one value, after ${NAME} substitution */
@@ -851,8 +852,17 @@ static void config_free(struct config *cfg)
 {
     if (cfg == NULL)
         return;
-    for (size_t i = 0; i < cfg->n_listeners; i++)
-        free(cfg->listeners[i].addr.text);
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        struct listener_conf *l = &cfg->listeners[i];
+        free(l->addr.text);
+        for (size_t j = 0; j < l->n_certs; j++) {
+            free(l->certs[j].cert);
+            free(l->certs[j].key);
+        }
+        free(l->certs);
+        if (l->ctx)
+            tls_ctx_free(l->ctx);
+    }
     free(cfg->listeners);
     free(cfg->admin.addr.text);
     free(cfg->admin.token);
@@ -863,6 +873,10 @@ static void config_free(struct config *cfg)
             endpoint_free(&c->endpoints[j]);
         free(c->endpoints);
         free(c->host);
+        free(c->tls.sni);
+        free(c->tls.ca_file);
+        if (c->tls.ctx)
+            tls_ctx_free(c->tls.ctx);
     }
     free(cfg->clusters);
     for (size_t i = 0; i < cfg->n_routes; i++) {
@@ -891,11 +905,14 @@ static void config_free(struct config *cfg)
 /* Pass 2: the schema. */
 
 static const char *const top_keys[] = {"workers", "listen", "admin", "limits", "timeouts", "clusters", "routes", NULL};
-static const char *const listener_keys[] = {"address", NULL};
+static const char *const listener_keys[] = {"address", "tls", NULL};
+static const char *const listener_tls_keys[] = {"certs", "min_version", "h2", NULL};
+static const char *const cert_keys[] = {"cert", "key", NULL};
+static const char *const cluster_tls_keys[] = {"sni", "ca_file", "verify", NULL};
 static const char *const admin_keys[] = {"address", "token", NULL};
 static const char *const limits_keys[] = {"max_request_line", "max_header_bytes", "max_headers",
                                           "max_body_bytes",   "max_connections",  NULL};
-static const char *const timeouts_keys[] = {"header", "idle", "body", "send", "drain", NULL};
+static const char *const timeouts_keys[] = {"header", "idle", "body", "send", "drain", "handshake", NULL};
 static const char *const cluster_keys[] = {"name",         "endpoints", "host", "protocol", "connect_timeout", "first_byte_timeout",
                                            "idle_timeout", "max_idle",  NULL};
 static const char *const route_keys[] = {"name", "match", "split", "sticky", "override", NULL};
@@ -921,6 +938,8 @@ static int load_workers(struct loader *ld, const struct ynode *n)
     return get_u32(ld, n, "workers", 1, 256, &ld->cfg->workers);
 }
 
+static int load_listener_tls(struct loader *ld, const struct ynode *m, struct listener_conf *l);
+
 static int load_listeners(struct loader *ld, const struct ynode *list)
 {
     struct config *cfg = ld->cfg;
@@ -940,6 +959,8 @@ static int load_listeners(struct loader *ld, const struct ynode *list)
             if (sockaddr_equal(&cfg->listeners[j].addr.sa, &cfg->listeners[i].addr.sa))
                 return fail(ld, v, "duplicate listen address \"%s\" (same as \"%s\"), expected each address once",
                             cfg->listeners[i].addr.text, cfg->listeners[j].addr.text);
+        if ((v = mget(m, "tls")) != NULL && load_listener_tls(ld, v, &cfg->listeners[i]) != CO_OK)
+            return CO_ERROR;
     }
     return CO_OK;
 }
@@ -1011,6 +1032,7 @@ static int load_timeouts(struct loader *ld, const struct ynode *m)
         {"body", "timeouts.body", &t->body_ms},
         {"send", "timeouts.send", &t->send_ms},
         {"drain", "timeouts.drain", &t->drain_ms},
+        {"handshake", "timeouts.handshake", &t->handshake_ms},
     };
     if (expect_map(ld, m, "timeouts", timeouts_keys) != CO_OK || check_keys(ld, m, "timeouts", timeouts_keys) != CO_OK)
         return CO_ERROR;
@@ -1107,6 +1129,97 @@ static bool valid_host_header(const char *s)
     return true;
 }
 
+static int load_cluster_tls(struct loader *ld, const struct ynode *m, struct cluster_conf *c)
+{
+    const struct ynode *v;
+    const char *s;
+    char q[QUOTE_BUF];
+    char err[512];
+    if (is_null(m)) {
+        c->tls.enabled = true; /* `tls:` alone = TLS with defaults */
+    } else {
+        if (expect_map(ld, m, "cluster tls", cluster_tls_keys) != CO_OK ||
+            check_keys(ld, m, "cluster tls", cluster_tls_keys) != CO_OK)
+            return CO_ERROR;
+        c->tls.enabled = true;
+    }
+    c->tls.verify = true;
+    if (!is_null(m)) {
+        if ((v = mget(m, "sni")) != NULL) {
+            if (get_string(ld, v, "tls sni", "a host name", &s) != CO_OK)
+                return CO_ERROR;
+            if (!valid_hostname(s, strlen(s)))
+                return fail(ld, v, "bad tls sni %s, expected a host name", quote_node(q, v));
+            c->tls.sni = co_strdup(s);
+        }
+        if ((v = mget(m, "ca_file")) != NULL) {
+            if (get_string(ld, v, "tls ca_file", "a path to a PEM file", &s) != CO_OK)
+                return CO_ERROR;
+            c->tls.ca_file = co_strdup(s);
+        }
+        if ((v = mget(m, "verify")) != NULL && get_bool(ld, v, "tls verify", &c->tls.verify) != CO_OK)
+            return CO_ERROR;
+    }
+    c->tls.ctx = tls_client_ctx_new(c->tls.ca_file, c->tls.verify, err, sizeof(err));
+    if (c->tls.ctx == NULL)
+        return fail(ld, m, "cluster \"%s\" tls: %s, expected a readable PEM CA file", c->name, err);
+    return CO_OK;
+}
+
+static int load_listener_tls(struct loader *ld, const struct ynode *m, struct listener_conf *l)
+{
+    const struct ynode *v, *list;
+    const char *s;
+    char q[QUOTE_BUF];
+    char err[512];
+    if (expect_map(ld, m, "listener tls", listener_tls_keys) != CO_OK ||
+        check_keys(ld, m, "listener tls", listener_tls_keys) != CO_OK)
+        return CO_ERROR;
+    l->tls = true;
+    l->h2 = true;
+    l->min_version = TLS1_2_VERSION;
+    if ((list = mget(m, "certs")) == NULL)
+        return fail(ld, m, "missing required key \"certs\" in listener tls, expected certs: [ { cert: FILE, key: FILE } ]");
+    if (expect_list(ld, list, "certs", 1, 256, "{ cert: FILE, key: FILE }") != CO_OK)
+        return CO_ERROR;
+    l->certs = co_calloc(list->n_kids, sizeof(*l->certs));
+    for (size_t i = 0; i < list->n_kids; i++) {
+        const struct ynode *cm = list->kids[i];
+        l->n_certs = i + 1;
+        if (expect_map(ld, cm, "certificate", cert_keys) != CO_OK || check_keys(ld, cm, "certificate", cert_keys) != CO_OK)
+            return CO_ERROR;
+        if ((v = mget(cm, "cert")) == NULL || get_string(ld, v, "cert", "a path to a PEM certificate", &s) != CO_OK)
+            return v ? CO_ERROR : fail(ld, cm, "missing required key \"cert\" in certificate, expected cert: FILE");
+        l->certs[i].cert = co_strdup(s);
+        if ((v = mget(cm, "key")) == NULL || get_string(ld, v, "key", "a path to a PEM private key", &s) != CO_OK)
+            return v ? CO_ERROR : fail(ld, cm, "missing required key \"key\" in certificate, expected key: FILE");
+        l->certs[i].key = co_strdup(s);
+    }
+    if ((v = mget(m, "min_version")) != NULL) {
+        if (get_string(ld, v, "min_version", "1.2 or 1.3", &s) != CO_OK)
+            return CO_ERROR;
+        if (strcmp(s, "1.2") == 0)
+            l->min_version = TLS1_2_VERSION;
+        else if (strcmp(s, "1.3") == 0)
+            l->min_version = TLS1_3_VERSION;
+        else
+            return fail(ld, v, "unknown min_version %s, expected \"1.2\" or \"1.3\"", quote_node(q, v));
+    }
+    if ((v = mget(m, "h2")) != NULL && get_bool(ld, v, "tls h2", &l->h2) != CO_OK)
+        return CO_ERROR;
+    struct tls_cert_files *files = co_calloc(l->n_certs, sizeof(*files));
+    for (size_t i = 0; i < l->n_certs; i++) {
+        files[i].cert = l->certs[i].cert;
+        files[i].key = l->certs[i].key;
+    }
+    l->ctx = tls_server_ctx_new(files, l->n_certs, l->min_version, l->h2, err, sizeof(err));
+    free(files);
+    if (l->ctx == NULL)
+        return fail(ld, list, "listener %s tls: %s, expected readable PEM certificate and matching key files", l->addr.text,
+                    err);
+    return CO_OK;
+}
+
 static int load_cluster(struct loader *ld, const struct ynode *m, struct cluster_conf *c)
 {
     const struct ynode *v;
@@ -1154,11 +1267,19 @@ static int load_cluster(struct loader *ld, const struct ynode *m, struct cluster
         c->host = co_strdup(s);
     }
     if ((v = mget(m, "protocol")) != NULL) {
-        if (get_string(ld, v, "protocol", "one of: http1", &s) != CO_OK)
+        if (get_string(ld, v, "protocol", "one of: http1, h2, auto", &s) != CO_OK)
             return CO_ERROR;
-        if (strcmp(s, "http1") != 0)
-            return fail(ld, v, "unknown protocol %s, expected one of: http1", quote_node(q, v));
+        if (strcmp(s, "http1") == 0)
+            c->protocol = CLUSTER_PROTO_H1;
+        else if (strcmp(s, "h2") == 0)
+            c->protocol = CLUSTER_PROTO_H2;
+        else if (strcmp(s, "auto") == 0)
+            c->protocol = CLUSTER_PROTO_AUTO;
+        else
+            return fail(ld, v, "unknown protocol %s, expected one of: http1, h2, auto", quote_node(q, v));
     }
+    if ((v = mget(m, "tls")) != NULL && load_cluster_tls(ld, v, c) != CO_OK)
+        return CO_ERROR;
     if ((v = mget(m, "connect_timeout")) != NULL &&
         get_duration(ld, v, "connect_timeout", TIMEOUT_MIN_MS, TIMEOUT_MAX_MS, &c->connect_timeout_ms) != CO_OK)
         return CO_ERROR;
@@ -1462,6 +1583,7 @@ static int load_root(struct loader *ld, const struct ynode *root)
     cfg->timeouts.body_ms = 60000;
     cfg->timeouts.send_ms = 60000;
     cfg->timeouts.drain_ms = 30000;
+    cfg->timeouts.handshake_ms = 10000;
 
     if (root == NULL)
         return fail_at(ld, 1, 1, "the configuration is empty, expected a mapping with keys listen, clusters, routes");
@@ -1521,8 +1643,8 @@ int config_load_buffer(const char *name, const char *data, size_t len, struct co
         *out = NULL;
     if (out == NULL || (data == NULL && len > 0))
         return fail_at(&ld, 0, 0, "invalid arguments, expected a buffer and an output pointer");
-    if (len > MAX_INPUT)
-        return fail_at(&ld, 0, 0, "input is %zu bytes, expected at most %u bytes", len, MAX_INPUT);
+    if (len > CONFIG_MAX_INPUT)
+        return fail_at(&ld, 0, 0, "input is %zu bytes, expected at most %u bytes", len, CONFIG_MAX_INPUT);
     return load(ld.file, data != NULL ? data : "", len, out, err, errlen);
 }
 
@@ -1538,16 +1660,16 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
         return fail_at(&ld, 0, 0, "cannot open: %s", strerror(errno));
     /* One byte more than allowed tells "too large" from "exactly at the cap"
      * without trusting st_size (pipes, /proc files). */
-    char *buf = co_malloc(MAX_INPUT + 1);
-    size_t n = fread(buf, 1, MAX_INPUT + 1, f);
+    char *buf = co_malloc(CONFIG_MAX_INPUT + 1);
+    size_t n = fread(buf, 1, CONFIG_MAX_INPUT + 1, f);
     int read_errno = errno;
     bool read_failed = ferror(f) != 0;
     fclose(f);
     int rc;
     if (read_failed)
         rc = fail_at(&ld, 0, 0, "cannot read: %s", strerror(read_errno));
-    else if (n > MAX_INPUT)
-        rc = fail_at(&ld, 0, 0, "file is larger than %u bytes, expected a smaller configuration", MAX_INPUT);
+    else if (n > CONFIG_MAX_INPUT)
+        rc = fail_at(&ld, 0, 0, "file is larger than %u bytes, expected a smaller configuration", CONFIG_MAX_INPUT);
     else
         rc = load(path, buf, n, out, err, errlen);
     free(buf);

@@ -42,6 +42,18 @@ struct endpoint_conf {
 
 enum cluster_protocol {
     CLUSTER_PROTO_H1 = 0, /* "http1" (default) */
+    CLUSTER_PROTO_H2,     /* "h2": HTTP/2 (h2c prior knowledge in cleartext, ALPN h2 over TLS) */
+    CLUSTER_PROTO_AUTO,   /* "auto": over TLS, h2 when the upstream offers it in ALPN, else http/1.1;
+                             in cleartext the same as http1 */
+};
+
+/* Upstream TLS of a cluster (`tls:` mapping present = on). */
+struct cluster_tls_conf {
+    bool enabled;
+    char *sni;       /* SNI sent; default: the cluster's `host`, else the endpoint host */
+    char *ca_file;   /* PEM bundle to trust; NULL = the system store */
+    bool verify;     /* default true; `verify: false` must be written and is warned about */
+    void *ctx;       /* SSL_CTX*, built by config_load, freed with the snapshot */
 };
 
 struct cluster_conf {
@@ -55,6 +67,7 @@ struct cluster_conf {
     uint64_t first_byte_timeout_ms; /* default 30000: no response head -> 504 */
     uint64_t idle_timeout_ms;       /* default 30000: pooled idle upstream connections closed after */
     uint32_t max_idle;              /* default 32: idle pooled connections per endpoint per worker */
+    struct cluster_tls_conf tls;
 };
 
 struct split_conf {
@@ -102,8 +115,19 @@ struct route_conf {
     struct override_conf override;
 };
 
+struct tls_cert_conf {
+    char *cert; /* PEM certificate (chain) path */
+    char *key;  /* PEM private key path */
+};
+
 struct listener_conf {
     struct config_addr addr;
+    bool tls;                    /* `tls:` present: TLS with ALPN h2 / http/1.1 */
+    struct tls_cert_conf *certs; /* >= 1 when tls; chosen by SNI, the first is the default */
+    size_t n_certs;
+    int min_version;             /* TLS1_2_VERSION (default, "1.2") or TLS1_3_VERSION ("1.3") */
+    bool h2;                     /* offer h2 in ALPN (default true) */
+    void *ctx;                   /* SSL_CTX*, built by config_load, freed with the snapshot */
 };
 
 struct admin_conf {
@@ -127,6 +151,7 @@ struct timeouts_conf {
     uint64_t body_ms;   /* default 60000: no request body progress for this long -> 408 */
     uint64_t send_ms;   /* default 60000: client not reading for this long -> close */
     uint64_t drain_ms;  /* default 30000: SIGTERM waits this long for in-flight work */
+    uint64_t handshake_ms; /* default 10000: TLS handshake must complete within */
 };
 
 struct config {

@@ -553,8 +553,13 @@ static void unknown_keys_everywhere(void **state)
     load_fails_at(BASE "admin: { adress: 127.0.0.1:1 }\n", "t.yaml:7:10: ", "unknown key \"adress\" in admin");
     load_fails_at(BASE "limits: { max_body: 1 }\n", "t.yaml:7:11: ", "unknown key \"max_body\" in limits");
     load_fails_at(BASE "timeouts: { connect: 1s }\n", "t.yaml:7:13: ", "unknown key \"connect\" in timeouts");
-    load_fails_at("listen: [ { address: 127.0.0.1:1, tls: {} } ]\n" CLUSTERS ROUTES,
-                  "t.yaml:1:35: ", "unknown key \"tls\" in listener, expected one of: address");
+    load_fails_at("listen: [ { address: 127.0.0.1:1, tsl: {} } ]\n" CLUSTERS ROUTES,
+                  "t.yaml:1:35: ", "unknown key \"tsl\" in listener, expected one of: address, tls");
+    load_fails_at("listen: [ { address: 127.0.0.1:1, tls: {} } ]\n" CLUSTERS ROUTES, "t.yaml:1:40: ",
+                  "missing required key \"certs\" in listener tls");
+    load_fails_at("listen: [ { address: 127.0.0.1:1, tls: { certs: [ { cert: /nonexistent.crt, key: /nonexistent.key } ] } } ]\n"
+                  CLUSTERS ROUTES,
+                  "t.yaml:1:49: ", "tls: cert /nonexistent.crt");
     load_fails_at(LISTEN "clusters: [ { name: a, endpoint: [] } ]\n" ROUTES,
                   "t.yaml:2:24: ", "unknown key \"endpoint\" in cluster");
     load_fails_at(LISTEN CLUSTERS "routes: [ { name: r, spilt: [] } ]\n", "t.yaml:5:22: ", "unknown key \"spilt\" in route");
@@ -759,8 +764,8 @@ static void bad_integers_in_config(void **state)
 
 static void bad_protocol(void **state)
 {
-    load_fails(LISTEN "clusters: [ { name: a, endpoints: [ 127.0.0.1:1 ], protocol: h2 } ]\n" ROUTES,
-               "t.yaml:2:62: unknown protocol \"h2\", expected one of: http1");
+    load_fails(LISTEN "clusters: [ { name: a, endpoints: [ 127.0.0.1:1 ], protocol: h3 } ]\n" ROUTES,
+               "t.yaml:2:62: unknown protocol \"h3\", expected one of: http1, h2, auto");
 }
 
 static void bad_cluster_host(void **state)
