@@ -97,6 +97,8 @@ void admin_metrics(struct app *app, struct evbuffer *b)
                         (unsigned long long)SUM(app, conns_h1));
     evbuffer_add_printf(b, "cutover_downstream_connections{protocol=\"http2\"} %llu\n",
                         (unsigned long long)SUM(app, conns_h2));
+    metric_plain(b, "cutover_tls_handshake_failures_total", "counter", "Downstream TLS handshakes that failed or timed out.",
+                 SUM(app, tls_handshake_failures));
     metric_plain(b, "cutover_access_log_dropped_total", "counter", "Access-log lines dropped because stdout fell behind.",
                  SUM(app, log_dropped));
 

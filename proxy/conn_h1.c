@@ -648,7 +648,7 @@ static void on_drain(struct conn_link *link)
         conn_free(c);
 }
 
-void h1conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, bool tls)
+void h1conn_start(struct worker *w, struct bufferevent *bev, const char *client_ip, bool tls)
 {
     struct h1conn *c = co_calloc(1, sizeof(*c));
     METRIC_INC(w->metrics.conns_h1);
@@ -656,13 +656,8 @@ void h1conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *
     c->worker = w;
     c->tls = tls;
     c->allow_h2c = !tls;
-    if (sa->sa_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->client_ip, sizeof(c->client_ip));
-    else if (sa->sa_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, c->client_ip, sizeof(c->client_ip));
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    snprintf(c->client_ip, sizeof(c->client_ip), "%s", client_ip);
+    c->bev = bev;
     c->timer = evtimer_new(w->base, on_timer, c);
     c->post = event_new(w->base, -1, 0, on_post, c);
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
@@ -673,4 +668,7 @@ void h1conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *
     c->state = ST_HEAD;
     arm(c, w->cfg->timeouts.header_ms);
     c->head_deadline = true;
+    /* Bytes read during a TLS handshake are already waiting. */
+    if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+        parse_request(c);
 }

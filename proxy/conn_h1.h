@@ -10,7 +10,10 @@
 
 struct worker;
 
-/* Take ownership of an accepted socket and serve HTTP/1.1 on it. */
-void h1conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, bool tls);
+struct bufferevent;
+
+/* Serve HTTP/1.1 on bev (a plain socket, or TLS after its handshake). Takes
+ * ownership of bev. The worker's connection count already includes it. */
+void h1conn_start(struct worker *w, struct bufferevent *bev, const char *client_ip, bool tls);
 
 #endif

@@ -35,6 +35,7 @@ struct metrics {
     metric_t log_dropped;         /* access-log lines dropped because the writer fell behind */
     metric_t conns_h1;            /* open downstream HTTP/1.1 connections (gauge) */
     metric_t conns_h2;            /* open downstream HTTP/2 connections (gauge) */
+    metric_t tls_handshake_failures; /* downstream TLS handshakes that failed or timed out */
 };
 
 #endif

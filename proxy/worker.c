@@ -5,8 +5,14 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <arpa/inet.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
@@ -16,6 +22,8 @@
 
 #include "common.h"
 #include "conn_h1.h"
+#include "conn_h2.h"
+#include "../tls/tls.h"
 #include "pool.h"
 
 /* How long accepting pauses after EMFILE/ENFILE before trying again. */
@@ -34,12 +42,78 @@ uint64_t worker_random(struct worker *w)
     return w->rng[1] + s0;
 }
 
+/* A TLS handshake in progress (before we know h1 or h2 from ALPN). */
+struct handshake {
+    struct worker *worker;
+    char client_ip[INET6_ADDRSTRLEN];
+};
+
+static void on_handshake(struct bufferevent *bev, short what, void *arg)
+{
+    struct handshake *hs = arg;
+    struct worker *w = hs->worker;
+    if (what & BEV_EVENT_CONNECTED) {
+        SSL *ssl = bufferevent_openssl_get_ssl(bev);
+        bool h2 = strcmp(tls_alpn(ssl), "h2") == 0;
+        bufferevent_set_timeouts(bev, NULL, NULL);
+        char ip[INET6_ADDRSTRLEN];
+        memcpy(ip, hs->client_ip, sizeof(ip));
+        free(hs);
+        if (h2)
+            h2conn_start(w, bev, ip, true);
+        else
+            h1conn_start(w, bev, ip, true);
+        return;
+    }
+    char why[256];
+    if (what & BEV_EVENT_TIMEOUT)
+        snprintf(why, sizeof(why), "no handshake within %llu ms", (unsigned long long)w->cfg->timeouts.handshake_ms);
+    else
+        tls_describe_failure(bufferevent_openssl_get_ssl(bev), bufferevent_get_openssl_error(bev), why, sizeof(why));
+    log_info("client %s: TLS handshake failed: %s; connection closed", hs->client_ip, why);
+    METRIC_INC(w->metrics.tls_handshake_failures);
+    bufferevent_free(bev);
+    free(hs);
+    worker_conn_closed(w);
+}
+
+static void client_ip_text(const struct sockaddr *sa, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)outlen);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)outlen);
+}
+
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
-    struct worker *w = arg;
+    struct wlistener *wl = arg;
+    struct worker *w = wl->worker;
     w->n_conns++;
     METRIC_INC(w->metrics.conns_accepted);
-    h1conn_accept(w, fd, sa, false);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    char ip[INET6_ADDRSTRLEN];
+    client_ip_text(sa, ip, sizeof(ip));
+    if (wl->tls_ctx) {
+        SSL *ssl = SSL_new(wl->tls_ctx);
+        struct bufferevent *bev =
+            bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+        /* Clients that close without close_notify are common; the HTTP
+         * framing, not the TLS close, tells us whether a request was whole. */
+        bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+        struct handshake *hs = co_calloc(1, sizeof(*hs));
+        hs->worker = w;
+        memcpy(hs->client_ip, ip, sizeof(ip));
+        uint64_t ms = w->cfg->timeouts.handshake_ms;
+        struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+        bufferevent_set_timeouts(bev, &tv, &tv);
+        bufferevent_setcb(bev, NULL, NULL, on_handshake, hs);
+        bufferevent_enable(bev, EV_READ | EV_WRITE);
+    } else {
+        h1conn_start(w, bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE), ip, false);
+    }
     if (w->n_conns >= w->cfg->limits.max_connections)
         pause_accepting(w);
 }
@@ -50,13 +124,13 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
     if (w->draining || w->n_conns >= w->cfg->limits.max_connections)
         return;
     for (size_t i = 0; i < w->n_listeners; i++)
-        evconnlistener_enable(w->listeners[i]);
+        evconnlistener_enable(w->listeners[i].listener);
 }
 
 static void pause_accepting(struct worker *w)
 {
     for (size_t i = 0; i < w->n_listeners; i++)
-        evconnlistener_disable(w->listeners[i]);
+        evconnlistener_disable(w->listeners[i].listener);
 }
 
 static void on_accept_error(struct evconnlistener *l, void *arg)
@@ -117,10 +191,9 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
         return;
     w->draining = 1;
     for (size_t i = 0; i < w->n_listeners; i++) {
-        evconnlistener_free(w->listeners[i]);
-        w->listeners[i] = NULL;
+        evconnlistener_free(w->listeners[i].listener);
+        w->listeners[i].listener = NULL;
     }
-    w->n_listeners = 0;
     /* Tell every connection (a drain callback may close its connection). */
     for (struct conn_link *l = w->conns.next, *next; l != &w->conns; l = next) {
         next = l->next;
@@ -151,6 +224,17 @@ static void on_swap(evutil_socket_t fd, short what, void *arg)
     free(w->wrr);
     w->wrr = wrr;
     pool_update(w->pool, cfg);
+    /* New certificates apply to new connections on listeners that stayed. */
+    for (size_t i = 0; i < w->n_listeners; i++) {
+        struct wlistener *wl = &w->listeners[i];
+        for (size_t j = 0; j < cfg->n_listeners; j++) {
+            if (strcmp(cfg->listeners[j].addr.text, wl->address) != 0 || cfg->listeners[j].ctx == NULL || wl->tls_ctx == NULL)
+                continue;
+            SSL_CTX_up_ref(cfg->listeners[j].ctx);
+            SSL_CTX_free(wl->tls_ctx);
+            wl->tls_ctx = cfg->listeners[j].ctx;
+        }
+    }
     config_unref(w->cfg);
     w->cfg = cfg;
 }
@@ -192,19 +276,26 @@ struct worker *worker_new(unsigned id, struct config *cfg)
 
     w->listeners = co_calloc(cfg->n_listeners, sizeof(*w->listeners));
     for (size_t i = 0; i < cfg->n_listeners; i++) {
-        const struct config_addr *a = &cfg->listeners[i].addr;
-        struct evconnlistener *l =
-            evconnlistener_new_bind(w->base, on_accept, w,
+        const struct listener_conf *lc = &cfg->listeners[i];
+        const struct config_addr *a = &lc->addr;
+        struct wlistener *wl = &w->listeners[i];
+        wl->worker = w;
+        wl->address = co_strdup(a->text);
+        if (lc->ctx) {
+            SSL_CTX_up_ref(lc->ctx);
+            wl->tls_ctx = lc->ctx;
+        }
+        w->n_listeners = i + 1;
+        wl->listener =
+            evconnlistener_new_bind(w->base, on_accept, wl,
                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT,
                                     1024, (const struct sockaddr *)&a->sa, (int)a->sa_len);
-        if (l == NULL) {
+        if (wl->listener == NULL) {
             log_error("worker %u: cannot listen on %s: %s", id, a->text, strerror(errno));
-            w->n_listeners = i;
             worker_join_free(w);
             return NULL;
         }
-        evconnlistener_set_error_cb(l, on_accept_error);
-        w->listeners[i] = l;
+        evconnlistener_set_error_cb(wl->listener, on_accept_error);
     }
     w->n_listeners = cfg->n_listeners;
     return w;
@@ -236,9 +327,13 @@ void worker_join_free(struct worker *w)
 {
     if (w->thread)
         pthread_join(w->thread, NULL);
-    for (size_t i = 0; i < w->n_listeners; i++)
-        if (w->listeners[i])
-            evconnlistener_free(w->listeners[i]);
+    for (size_t i = 0; i < w->n_listeners; i++) {
+        if (w->listeners[i].listener)
+            evconnlistener_free(w->listeners[i].listener);
+        if (w->listeners[i].tls_ctx)
+            SSL_CTX_free(w->listeners[i].tls_ctx);
+        free(w->listeners[i].address);
+    }
     free(w->listeners);
     if (w->drain_timer)
         event_free(w->drain_timer);

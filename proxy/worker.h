@@ -29,12 +29,20 @@ struct conn_link {
     void (*drain)(struct conn_link *link); /* called once when the worker starts draining */
 };
 
+/* One listening socket of a worker. */
+struct wlistener {
+    struct worker *worker;
+    struct evconnlistener *listener;
+    char *address;     /* as in the config: identity across reloads */
+    void *tls_ctx;     /* SSL_CTX* (a reference) for TLS listeners, else NULL */
+};
+
 struct worker {
     unsigned id;
     pthread_t thread;
     struct event_base *base;
     struct config *cfg;        /* current snapshot; new streams take a reference */
-    struct evconnlistener **listeners;
+    struct wlistener *listeners;
     size_t n_listeners;
     struct pool *pool;         /* upstream connection pools (pool.c) */
     struct decide_wrr *wrr;    /* per route index of cfg: smooth WRR state */
