@@ -914,7 +914,7 @@ static const char *const limits_keys[] = {"max_request_line", "max_header_bytes"
                                           "max_body_bytes",   "max_connections",  NULL};
 static const char *const timeouts_keys[] = {"header", "idle", "body", "send", "drain", "handshake", NULL};
 static const char *const cluster_keys[] = {"name",         "endpoints", "host", "protocol", "connect_timeout", "first_byte_timeout",
-                                           "idle_timeout", "max_idle",  NULL};
+                                           "idle_timeout", "max_idle", "tls", NULL};
 static const char *const route_keys[] = {"name", "match", "split", "sticky", "override", NULL};
 static const char *const match_keys[] = {"host", "path_prefix", "path", NULL};
 static const char *const split_keys[] = {"cluster", "weight", NULL};

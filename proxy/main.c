@@ -62,6 +62,16 @@ static bool same_file(const struct file_id *a, const struct file_id *b)
            a->mtime.tv_nsec == b->mtime.tv_nsec;
 }
 
+/* Loud about choices that weaken security, every time a config is taken. */
+static void warn_insecure(const struct config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_clusters; i++)
+        if (cfg->clusters[i].tls.enabled && !cfg->clusters[i].tls.verify)
+            log_warn("cluster %s: upstream TLS certificate verification is OFF (tls.verify: false); anyone on the path "
+                     "can impersonate this upstream",
+                     cfg->clusters[i].name);
+}
+
 static void usage(FILE *out)
 {
     fprintf(out, "usage: cutover -c FILE [--workers N]    run the proxy\n"
@@ -117,6 +127,7 @@ int app_reload(struct app *app, const char *why)
     if (cfg->admin.enabled != app->cfg->admin.enabled ||
         (cfg->admin.enabled && strcmp(cfg->admin.addr.text, app->cfg->admin.addr.text) != 0))
         log_warn("reload: the admin address changed; it takes effect on restart");
+    warn_insecure(cfg);
     cfg->generation = ++app->generation;
     for (unsigned i = 0; i < app->n_workers; i++)
         worker_set_config(app->workers[i], cfg);
@@ -229,6 +240,7 @@ int main(int argc, char **argv)
         config_unref(app.cfg);
         return 0;
     }
+    warn_insecure(app.cfg);
     app.cfg->generation = app.generation = 1;
     app.last_reload_ok = true;
     app.started = time(NULL);

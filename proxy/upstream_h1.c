@@ -2,7 +2,9 @@
  * upstream_h1.c - HTTP/1.1 to an upstream endpoint: connect, send the request
  * head and body, parse and relay the response, then park in the pool.
  */
+#include "upconnect.h"
 #include "upstream_h1.h"
+#include "upstream_h2.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -48,29 +50,14 @@ static void set_timeout(struct bufferevent *bev, uint64_t read_ms, uint64_t writ
     bufferevent_set_timeouts(bev, read_ms ? &r : NULL, write_ms ? &w : NULL);
 }
 
-static void addr_text(const struct sockaddr *sa, char *out, size_t outlen)
-{
-    char ip[INET6_ADDRSTRLEN] = "?";
-    uint16_t port = 0;
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
-        port = ntohs(in->sin_port);
-        snprintf(out, outlen, "%s:%u", ip, port);
-    } else {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
-        port = ntohs(in6->sin6_port);
-        snprintf(out, outlen, "[%s]:%u", ip, port);
-    }
-}
-
 void upconn_free(struct upconn *c)
 {
     if (c->state == UP_IDLE && c->ep)
         pool_remove_idle(c->ep, c);
     else if (c->ep && c->ep->n_active > 0)
         c->ep->n_active--;
+    if (c->connecting)
+        upconnect_cancel(c->connecting);
     if (c->bev)
         bufferevent_free(c->bev);
     if (c->tmp)
@@ -207,7 +194,52 @@ void upstream_start(struct stream *s, bool fresh)
 {
     const struct endpoint_conf *e;
     struct ep_pool *ep = pool_pick(s->worker->pool, s->cluster, &e);
+    /* HTTP/2 when configured, or when ALPN already told us this endpoint
+     * speaks it (protocol: auto over TLS). */
+#ifdef CUTOVER_H2_UPSTREAM
+    if (s->cluster->protocol == CLUSTER_PROTO_H2 ||
+        (s->cluster->protocol == CLUSTER_PROTO_AUTO && s->cluster->tls.enabled && ep->h2)) {
+        upstream_h2_start(s, ep, e, fresh);
+        return;
+    }
+#endif
     upconn_start(s, ep, e, fresh);
+}
+
+/* The connection is up (TLS handshaken): HTTP/1.1 on it, or hand it to
+ * HTTP/2 when ALPN chose h2. */
+static void fail(struct upconn *c, int status, const char *why, bool retryable);
+
+static void on_connected(void *arg, struct bufferevent *bev, const char *alpn, const char *addr, int status, const char *why)
+{
+    struct upconn *c = arg;
+    struct stream *s = c->stream;
+    c->connecting = NULL;
+    snprintf(c->addr, sizeof(c->addr), "%s", addr);
+    if (s)
+        snprintf(s->endpoint, sizeof(s->endpoint), "%s", addr);
+    if (bev == NULL) {
+        METRIC_INC(c->worker->metrics.upstream_connect_errors);
+        fail(c, status, why, false);
+        return;
+    }
+#ifdef CUTOVER_H2_UPSTREAM
+    if (strcmp(alpn, "h2") == 0 && s) {
+        struct ep_pool *ep = c->ep;
+        ep->h2 = true;
+        c->stream = NULL;
+        s->up = NULL;
+        upconn_free(c);
+        upstream_h2_adopt(s, ep, bev, addr);
+        return;
+    }
+#endif
+    c->bev = bev;
+    c->state = UP_ACTIVE;
+    bufferevent_setwatermark(bev, EV_READ, 0, UP_READ_HIGH);
+    bufferevent_setwatermark(bev, EV_WRITE, STREAM_HIGH_WATER / 2, 0);
+    if (s)
+        begin(c);
 }
 
 void upconn_start(struct stream *s, struct ep_pool *ep, const struct endpoint_conf *e, bool fresh)
@@ -221,35 +253,16 @@ void upconn_start(struct stream *s, struct ep_pool *ep, const struct endpoint_co
         begin(c);
         return;
     }
-
-    size_t ai = ep->addr_rr++ % e->n_addrs;
-    const struct sockaddr *sa = (const struct sockaddr *)&e->addrs[ai];
-
     c = co_calloc(1, sizeof(*c));
     c->base.ops = &upconn_ops;
     c->worker = w;
     c->ep = ep;
     c->tmp = evbuffer_new();
-    addr_text(sa, c->addr, sizeof(c->addr));
-    c->state = UP_CONNECTING;
-    c->bev = bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     ep->n_active++;
     attach(c, s);
     c->state = UP_CONNECTING;
-    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, UP_READ_HIGH);
-    bufferevent_setwatermark(c->bev, EV_WRITE, STREAM_HIGH_WATER / 2, 0);
-    set_timeout(c->bev, 0, s->cluster->connect_timeout_ms);
-    if (bufferevent_socket_connect(c->bev, sa, e->addr_lens[ai]) < 0) {
-        int err = errno;
-        char why[160];
-        snprintf(why, sizeof(why), "connect(%s) for endpoint %s failed: %s", c->addr, e->name, strerror(err));
-        snprintf(s->endpoint, sizeof(s->endpoint), "%s", c->addr);
-        s->up = NULL;
-        upconn_free(c);
-        METRIC_INC(w->metrics.upstream_connect_errors);
-        stream_up_failed(s, 503, why, false);
-    }
+    const char *alpn = s->cluster->protocol == CLUSTER_PROTO_AUTO ? "h2,http/1.1" : "http/1.1";
+    c->connecting = upconnect_start(w, ep, e, s->cluster, alpn, on_connected, c);
 }
 
 static size_t up_pending(struct upstream *u)

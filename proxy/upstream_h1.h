@@ -17,6 +17,7 @@
 struct stream;
 struct worker;
 struct ep_pool;
+struct upconnect;
 struct endpoint_conf;
 struct bufferevent;
 struct evbuffer;
@@ -30,7 +31,8 @@ enum upconn_state {
 struct upconn {
     struct upstream base;     /* first: the stream sees only this */
     struct worker *worker;
-    struct bufferevent *bev;
+    struct bufferevent *bev;  /* NULL while connecting */
+    struct upconnect *connecting; /* the connection attempt in progress */
     struct ep_pool *ep;       /* the endpoint pool it belongs to */
     struct stream *stream;    /* NULL when idle */
     TAILQ_ENTRY(upconn) link; /* idle list */
