@@ -53,6 +53,8 @@ struct h1conn {
     bool body_eof;           /* request body fully read */
     bool tls;
     bool allow_h2c;          /* cleartext listener: detect the HTTP/2 preface */
+    bool tunnel;             /* WebSocket after 101: raw bytes both ways */
+    bool trailers_sent;      /* the chunked terminator with trailers is out */
     int version_minor;
     enum h1_body_kind body_kind;
     uint64_t body_remaining;
@@ -85,6 +87,8 @@ static const char *reason_phrase(int status)
     switch (status) {
     case 100:
         return "Continue";
+    case 101:
+        return "Switching Protocols";
     case 200:
         return "OK";
     case 201:
@@ -259,6 +263,15 @@ static void begin_stream(struct h1conn *c, const char *p, size_t head_len, const
     s->proto = req->msg.version_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
     s->is_head = req->method_len == 4 && memcmp(req->method, "HEAD", 4) == 0;
     s->expect_continue = req->expect_continue && req->msg.version_minor == 1;
+    const struct h1_header *te = h1_find_header(&req->msg, "te");
+    s->te_trailers = te && co_strieq(te->value, te->value_len, "trailers");
+    /* WebSocket (RFC 6455 §4): the only upgrade we carry. "Upgrade: h2c" and
+     * anything else is never honoured: the hop-by-hop fields are dropped. */
+    if (req->msg.upgrade && req->method_len == 3 && memcmp(req->method, "GET", 3) == 0) {
+        const struct h1_header *up = h1_find_header(&req->msg, "upgrade");
+        if (up && co_strieq(up->value, up->value_len, "websocket") && h1_request_body_kind(req) == H1_BODY_NONE)
+            s->websocket = true;
+    }
     s->tls = c->tls;
     memcpy(s->client_ip, c->client_ip, sizeof(s->client_ip));
     if (rid && valid_request_id(rid, rid_len)) {
@@ -278,6 +291,7 @@ static void begin_stream(struct h1conn *c, const char *p, size_t head_len, const
     s->has_body = !c->body_eof;
     s->content_length = c->body_kind == H1_BODY_LENGTH ? req->msg.content_length : (c->body_kind == H1_BODY_NONE ? 0 : -1);
     c->resp_chunked = false;
+    c->trailers_sent = false;
     c->resp_no_body = s->is_head;
     c->state = ST_STREAM;
     c->head_deadline = false;
@@ -352,6 +366,15 @@ static long h1_read_body(struct stream *s, struct evbuffer *dst, size_t max, boo
     struct h1conn *c = s->down;
     struct evbuffer *in = bufferevent_get_input(c->bev);
     size_t moved = 0;
+    if (s->tunnel) {
+        /* WebSocket: raw bytes, the end is the client's close. */
+        size_t avail = evbuffer_get_length(in);
+        size_t n = avail < max ? avail : max;
+        if (n)
+            evbuffer_remove_buffer(in, dst, n);
+        *eof = false;
+        return (long)n;
+    }
     *eof = c->body_eof;
     if (c->body_eof)
         return 0;
@@ -413,7 +436,15 @@ static void h1_send_head(struct stream *s, int status, const struct h1_header *f
         evbuffer_add(out, fields[i].value, fields[i].value_len);
         ADD_LIT(out, "\r\n");
     }
-    if (status == 204 || status == 304 || status < 200) {
+    if (status == 101 && s->websocket) {
+        /* Switching to a tunnel: the hop-by-hop upgrade fields are ours to send. */
+        ADD_LIT(out, "connection: upgrade\r\nupgrade: websocket\r\n\r\n");
+        c->tunnel = true;
+        c->body_eof = false;
+        c->close_after = true;
+        set_timeouts(c, c->worker->cfg->timeouts.idle_ms);
+        return;
+    } else if (status == 204 || status == 304 || status < 200) {
         c->resp_no_body = true;
     } else if (content_length >= 0) {
         len = snprintf(line, sizeof(line), "content-length: %lld\r\n", (long long)content_length);
@@ -455,10 +486,27 @@ static bool h1_send_data(struct stream *s, struct evbuffer *src)
     return evbuffer_get_length(out) < STREAM_HIGH_WATER;
 }
 
+static void h1_send_trailers(struct stream *s, const struct h1_header *fields, size_t n)
+{
+    struct h1conn *c = s->down;
+    if (!c->resp_chunked || c->trailers_sent)
+        return; /* a Content-Length body has no place for trailers */
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    ADD_LIT(out, "0\r\n");
+    for (size_t i = 0; i < n; i++) {
+        evbuffer_add(out, fields[i].name, fields[i].name_len);
+        ADD_LIT(out, ": ");
+        evbuffer_add(out, fields[i].value, fields[i].value_len);
+        ADD_LIT(out, "\r\n");
+    }
+    ADD_LIT(out, "\r\n");
+    c->trailers_sent = true;
+}
+
 static void h1_send_end(struct stream *s)
 {
     struct h1conn *c = s->down;
-    if (c->resp_chunked)
+    if (c->resp_chunked && !c->trailers_sent)
         ADD_LIT(bufferevent_get_output(c->bev), "0\r\n\r\n");
 }
 
@@ -480,6 +528,7 @@ const struct stream_down_ops h1_stream_ops = {
     .read_body = h1_read_body,
     .send_head = h1_send_head,
     .send_data = h1_send_data,
+    .send_trailers = h1_send_trailers,
     .send_end = h1_send_end,
     .send_continue = h1_send_continue,
     .done = h1_done,

@@ -61,6 +61,9 @@ struct h2stream {
     bool bad;                /* refused: answer with 400 once the head is complete */
     const char *bad_why;
     struct evbuffer *resp_body;
+    struct h1_header *trailer_fields;
+    char *trailer_arena;
+    size_t n_trailers;
     bool resp_eof;
     bool resp_deferred;      /* data provider returned DEFERRED */
     bool resp_full;          /* send_data said the client is full */
@@ -165,6 +168,17 @@ static ssize_t on_read_data(nghttp2_session *session, int32_t id, uint8_t *buf, 
     if (evbuffer_get_length(st->resp_body) == 0) {
         if (st->resp_eof) {
             *flags |= NGHTTP2_DATA_FLAG_EOF;
+            if (st->n_trailers) {
+                /* gRPC status travels here: HEADERS with END_STREAM after the data. */
+                nghttp2_nv *nva = co_malloc(st->n_trailers * sizeof(*nva));
+                for (size_t i = 0; i < st->n_trailers; i++)
+                    nva[i] = (nghttp2_nv){(uint8_t *)st->trailer_fields[i].name, (uint8_t *)st->trailer_fields[i].value,
+                                          st->trailer_fields[i].name_len, st->trailer_fields[i].value_len,
+                                          NGHTTP2_NV_FLAG_NONE};
+                if (nghttp2_submit_trailer(session, id, nva, st->n_trailers) == 0)
+                    *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+                free(nva);
+            }
             return (ssize_t)n;
         }
         if (n == 0) {
@@ -239,6 +253,32 @@ static bool h2_send_data(struct stream *s, struct evbuffer *src)
     return true;
 }
 
+static void h2_send_trailers(struct stream *s, const struct h1_header *fields, size_t n)
+{
+    struct h2stream *st = s->down;
+    if (st->n_trailers || n == 0 || (st->resp_eof && s->is_head))
+        return;
+    /* Copy: the caller's fields point into its own buffers. Names lowercase. */
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += fields[i].name_len + fields[i].value_len;
+    char *arena = co_malloc(total + 1);
+    st->trailer_fields = co_malloc(n * sizeof(*st->trailer_fields));
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        lower_copy(arena + off, fields[i].name, fields[i].name_len);
+        st->trailer_fields[i].name = arena + off;
+        st->trailer_fields[i].name_len = fields[i].name_len;
+        off += fields[i].name_len;
+        memcpy(arena + off, fields[i].value, fields[i].value_len);
+        st->trailer_fields[i].value = arena + off;
+        st->trailer_fields[i].value_len = fields[i].value_len;
+        off += fields[i].value_len;
+    }
+    st->trailer_arena = arena;
+    st->n_trailers = n;
+}
+
 static void h2_send_end(struct stream *s)
 {
     struct h2stream *st = s->down;
@@ -271,6 +311,7 @@ static const struct stream_down_ops h2_stream_ops = {
     .read_body = h2_read_body,
     .send_head = h2_send_head,
     .send_data = h2_send_data,
+    .send_trailers = h2_send_trailers,
     .send_end = h2_send_end,
     .send_continue = h2_send_continue,
     .done = h2_done,
@@ -325,6 +366,8 @@ static void h2stream_free(struct h2stream *st)
     evbuffer_free(st->arena);
     evbuffer_free(st->req_body);
     evbuffer_free(st->resp_body);
+    free(st->trailer_fields);
+    free(st->trailer_arena);
     free(st->refs);
     free(st);
     c->n_streams--;
@@ -450,8 +493,12 @@ static void begin_request(struct h2conn *c, struct h2stream *st, bool end_stream
             continue;
         if (r->name_len == 14 && memcmp(name, "content-length", 14) == 0)
             continue;
-        if (r->name_len == 2 && memcmp(name, "te", 2) == 0)
-            continue; /* only "trailers" is allowed in h2 and it is hop-by-hop */
+        if (r->name_len == 2 && memcmp(name, "te", 2) == 0) {
+            /* Only "trailers" is allowed in HTTP/2 (nghttp2 checks); it is
+             * hop-by-hop, re-sent by HTTP/2 upstreams when the client asked. */
+            s->te_trailers = true;
+            continue;
+        }
         s->fields[k].name = name;
         s->fields[k].name_len = r->name_len;
         s->fields[k].value = s->head + r->value_off;

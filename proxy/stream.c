@@ -278,6 +278,11 @@ bool stream_up_data(struct stream *s, struct evbuffer *src)
     return s->ops->send_data(s, src);
 }
 
+void stream_up_trailers(struct stream *s, const struct h1_header *fields, size_t n)
+{
+    s->ops->send_trailers(s, fields, n);
+}
+
 void stream_up_end(struct stream *s)
 {
     struct upstream *up = s->up;

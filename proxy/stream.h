@@ -42,6 +42,9 @@ struct stream_down_ops {
      * the client is above its high-water mark: the stream stops reading the
      * upstream until stream_on_down_writable(). */
     bool (*send_data)(struct stream *s, struct evbuffer *src);
+    /* Response trailer fields (before send_end). Downstreams that cannot
+     * carry them (HTTP/1.1 with a Content-Length) drop them. */
+    void (*send_trailers)(struct stream *s, const struct h1_header *fields, size_t n_fields);
     /* The response is complete. */
     void (*send_end)(struct stream *s);
     /* Send "100 Continue" (the client sent Expect: 100-continue). */
@@ -72,6 +75,9 @@ struct stream {
     bool has_body;             /* a request body follows */
     int64_t content_length;    /* -1 when the length is unknown (chunked / h2 without c-l) */
     bool expect_continue;
+    bool te_trailers;          /* the client sent "TE: trailers" (gRPC): passed on where allowed (HTTP/2 upstreams) */
+    bool websocket;            /* Upgrade: websocket requested (HTTP/1.1 GET); a tunnel after 101 */
+    bool tunnel;               /* 101 received: bytes flow both ways unframed until either side closes */
     bool tls;                  /* downstream is TLS (X-Forwarded-Proto) */
     const char *proto;         /* "HTTP/1.1", "HTTP/1.0", "HTTP/2" for logs */
     char client_ip[INET6_ADDRSTRLEN];
@@ -137,6 +143,7 @@ void stream_up_failed(struct stream *s, int status, const char *why, bool retrya
 void stream_up_head(struct stream *s, int status, const struct h1_header *fields, size_t n, int64_t content_length);
 /* Response payload in src; returns false if the downstream is full (stop reading). */
 bool stream_up_data(struct stream *s, struct evbuffer *src);
+void stream_up_trailers(struct stream *s, const struct h1_header *fields, size_t n);
 void stream_up_end(struct stream *s);
 /* The upstream can take more request body. */
 void stream_up_writable(struct stream *s);

@@ -153,7 +153,9 @@ static void write_head(struct upconn *c, struct stream *s)
     add_str(out, s->version_minor == 0 ? "1.0 cutover" : (s->proto[5] == '2' ? "2 cutover" : "1.1 cutover"));
     add_str(out, "\r\nx-request-id: ");
     add_str(out, s->request_id);
-    if (s->has_body) {
+    if (s->websocket) {
+        add_str(out, "\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
+    } else if (s->has_body) {
         if (s->content_length >= 0)
             evbuffer_add_printf(out, "\r\ncontent-length: %lld\r\n\r\n", (long long)s->content_length);
         else
@@ -277,7 +279,7 @@ static void up_send_body(struct upstream *u, struct evbuffer *buf, bool eof)
     struct stream *s = c->stream;
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t len = buf ? evbuffer_get_length(buf) : 0;
-    if (s->content_length >= 0) {
+    if (s->content_length >= 0 || s->tunnel) {
         if (len)
             evbuffer_add_buffer(out, buf);
         return;
@@ -431,7 +433,27 @@ static int parse_head(struct upconn *c)
         }
         if (resp.status < 200) {
             /* 100 Continue was already sent by us; other interim responses
-             * (102, 103) are dropped. 101 needs an Upgrade we never send. */
+             * (102, 103) are dropped. 101 only answers a WebSocket upgrade. */
+            if (resp.status == 101 && s->websocket) {
+                struct h1_header *f = resp.msg.headers;
+                size_t k = 0;
+                for (size_t i = 0; i < resp.msg.n_headers; i++)
+                    if (copy_response_field(&resp, &f[i]))
+                        f[k++] = f[i];
+                c->head_done = true;
+                c->keep_alive = false;
+                c->body_kind = H1_BODY_CLOSE; /* the tunnel ends with the connection */
+                s->tunnel = true;
+                stream_up_head(s, 101, f, k, -1);
+                evbuffer_drain(in, (size_t)r);
+                /* A tunnel may be quiet for long: the idle timeout, not first-byte, applies. */
+                set_timeout(c->bev, s->cfg->timeouts.idle_ms, s->cfg->timeouts.send_ms);
+                /* Client-to-upstream bytes now flow as the "body". */
+                s->has_body = true;
+                s->body_done = false;
+                stream_up_writable(s);
+                return CO_OK;
+            }
             if (resp.status == 101) {
                 METRIC_INC(c->worker->metrics.upstream_bad_responses);
                 fail(c, 502, "upstream switched protocols without being asked", false);
