@@ -1,0 +1,721 @@
+"""
+Shared helpers for cutover's end-to-end tests (pytest loads this file itself).
+
+Everything runs as real processes on loopback ports chosen at run time:
+  - Mock:  bench/mock-upstream, started with --listen 127.0.0.1:0; the port
+           is read from its "listening HOST:PORT" line.
+  - Proxy: the cutover binary with a config written to a temp dir; stdout
+           (the JSON access log) and stderr go to files. stop() sends SIGTERM
+           and asserts a clean exit and a clean sanitizer report.
+  - RawConn: a small HTTP/1.1 client over a raw socket (pipelining, malformed
+           input, streaming bodies) - fast enough for tens of thousands of
+           requests in a few seconds.
+
+Environment (set by tests/CMakeLists.txt): CUTOVER_BIN, MOCK_BIN,
+CUTOVER_SANITIZE (ON/OFF). Without them the binaries in build/ are used.
+
+No fixed sleeps: every wait is a poll of a condition with a deadline
+(wait_for).
+"""
+import hashlib
+import json
+import os
+import random
+import re
+import select
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CUTOVER_BIN = os.environ.get("CUTOVER_BIN") or os.path.join(ROOT, "build", "cutover")
+MOCK_BIN = os.environ.get("MOCK_BIN") or os.path.join(ROOT, "build", "mock-upstream")
+SANITIZE = os.environ.get("CUTOVER_SANITIZE", "OFF").strip().upper() in ("ON", "1", "TRUE", "YES")
+# Deadlines are multiplied by this under ASan/UBSan (2-3x slower).
+SLOW = 3.0 if SANITIZE else 1.0
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer", "ERROR: ThreadSanitizer")
+
+OVERRIDE_SECRET = "e2e-override-secret-0123456789"
+
+PATTERN = b"abcdefghijklmnopqrstuvwxyz0123456789"  # mock /bytes body: byte i = PATTERN[i % 36]
+
+
+# ---------------------------------------------------------------- waiting
+
+
+def wait_for(cond, timeout=5.0, interval=0.01, what="condition"):
+    """Poll cond() until it returns a truthy value; return that value.
+    Raises AssertionError naming `what` when `timeout` seconds (scaled by
+    SLOW) pass first."""
+    deadline = time.monotonic() + timeout * SLOW
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout * SLOW:.1f}s waiting for {what}")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- ports, memory
+
+
+def free_port():
+    """A loopback TCP port that nothing is bound to right now. Chosen below
+    the ephemeral range (so it never collides with outgoing connections or
+    with mocks that bind port 0) and checked with a plain bind, which fails
+    if any socket - SO_REUSEPORT or not - holds the port."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free loopback port found")
+
+
+def rss_kb(pid):
+    """Resident set size of a process in KiB (VmRSS from /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def tcp_peer_ports(port):
+    """Distinct remote ports of IPv4 TCP connections (any state but LISTEN,
+    TIME_WAIT included) that have 127.0.0.1:`port` at one end, i.e. how many
+    connections were made to a listener on `port` recently."""
+    peers = set()
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            local, remote, state = parts[1], parts[2], parts[3]
+            if state == "0A":  # LISTEN
+                continue
+            lport = int(local.split(":")[1], 16)
+            rport = int(remote.split(":")[1], 16)
+            if lport == port:
+                peers.add(rport)
+            elif rport == port:
+                peers.add(lport)
+    return peers
+
+
+# ---------------------------------------------------------------- sticky buckets
+
+
+def sticky_bucket(key):
+    """cutover's frozen sticky hash (proxy/decide.c decide_bucket): 64-bit
+    FNV-1a, murmur3 fmix64, % 10000."""
+    if isinstance(key, str):
+        key = key.encode()
+    m = (1 << 64) - 1
+    h = 14695981039346656037
+    for c in key:
+        h ^= c
+        h = (h * 1099511628211) & m
+    h ^= h >> 33
+    h = (h * 0xFF51AFD7ED558CCD) & m
+    h ^= h >> 33
+    h = (h * 0xC4CEB9FE1A85EC53) & m
+    h ^= h >> 33
+    return h % 10000
+
+
+# ---------------------------------------------------------------- body patterns
+
+_pattern_hash_cache = {}
+
+
+def pattern_sha256(n):
+    """SHA-256 of the first n bytes of the mock's /bytes body."""
+    if n in _pattern_hash_cache:
+        return _pattern_hash_cache[n]
+    block = PATTERN * (1 << 15)  # 1,179,648 bytes, a multiple of 36
+    h = hashlib.sha256()
+    left = n
+    while left >= len(block):
+        h.update(block)
+        left -= len(block)
+    h.update(block[:left])
+    _pattern_hash_cache[n] = h.hexdigest()
+    return _pattern_hash_cache[n]
+
+
+# ---------------------------------------------------------------- config rendering
+
+
+def _flow(v):
+    """A Python value as a YAML flow node (strings double-quoted)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k}: {_flow(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, (list, tuple)):
+        return "[ " + ", ".join(_flow(x) for x in v) + " ]"
+    raise TypeError(f"cannot render {v!r}")
+
+
+def render_config(port, clusters, routes, workers=1, timeouts=None, limits=None):
+    """A cutover config listening on 127.0.0.1:port. clusters and routes are
+    lists of dicts in the config's own shape."""
+    lines = [
+        "# written by tests/e2e/conftest.py",
+        f"workers: {workers}",
+        "listen:",
+        f"  - address: 127.0.0.1:{port}",
+    ]
+    if timeouts:
+        lines.append("timeouts: " + _flow(timeouts))
+    if limits:
+        lines.append("limits: " + _flow(limits))
+    lines.append("clusters:")
+    lines += ["  - " + _flow(c) for c in clusters]
+    lines.append("routes:")
+    lines += ["  - " + _flow(r) for r in routes]
+    return "\n".join(lines) + "\n"
+
+
+def cluster(name, mock_or_addr, **kw):
+    addr = mock_or_addr.addr if isinstance(mock_or_addr, Mock) else mock_or_addr
+    d = {"name": name, "endpoints": [addr]}
+    d.update(kw)
+    return d
+
+
+def route(name, split, match=None, **kw):
+    """split: [(cluster, weight), ...]"""
+    d = {"name": name, "match": match or {"path_prefix": "/"},
+         "split": [{"cluster": c, "weight": w} for c, w in split]}
+    d.update(kw)
+    return d
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _check_sanitizer_clean(name, text):
+    for marker in SANITIZER_MARKERS:
+        assert marker not in text, f"{name} stderr has a sanitizer report ({marker}):\n{text[-8000:]}"
+
+
+class Mock:
+    """A mock-upstream process on 127.0.0.1:<port chosen by the kernel>."""
+
+    def __init__(self, workdir, name, record=False):
+        self.name = name
+        self.record_path = os.path.join(workdir, f"record-{name}-{id(self)}.jsonl") if record else None
+        self.stderr_path = os.path.join(workdir, f"mock-{name}-{id(self)}.stderr")
+        args = [MOCK_BIN, "--listen", "127.0.0.1:0", "--name", name]
+        if self.record_path:
+            open(self.record_path, "w").close()
+            args += ["--record", self.record_path]
+        self._stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL)
+        line = b""
+        deadline = time.monotonic() + 10 * SLOW
+        fd = self.proc.stdout.fileno()
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                self.proc.kill()
+                raise AssertionError(f"mock-upstream {name} did not print its listening line: {line!r}\n"
+                                     f"{open(self.stderr_path, 'rb').read().decode(errors='replace')}")
+            r, _, _ = select.select([fd], [], [], min(left, 0.2))
+            if r:
+                b = os.read(fd, 1)
+                if not b:
+                    continue
+                line += b
+        m = re.match(rb"listening (\S+):(\d+)\n", line)
+        assert m, f"unexpected mock-upstream first line {line!r}"
+        self.host = m.group(1).decode()
+        self.port = int(m.group(2))
+        self.addr = f"{self.host}:{self.port}"
+        self.pid = self.proc.pid
+
+    def records(self):
+        """Record lines written so far (complete lines only), parsed."""
+        if not self.record_path:
+            raise AssertionError("mock started without record=True")
+        with open(self.record_path, "rb") as f:
+            data = f.read()
+        out = []
+        for line in data.split(b"\n")[:-1]:
+            out.append(json.loads(line.decode("latin-1")))
+        return out
+
+    def stderr_text(self):
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10 * SLOW)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self._stderr.close()
+        _check_sanitizer_clean(f"mock-upstream {self.name}", self.stderr_text())
+
+
+class Proxy:
+    """A cutover process. `render(port)` returns the config text; the port is
+    picked here (retrying if another process takes it first)."""
+
+    def __init__(self, workdir, render, env=None, args=(), name="proxy"):
+        self.workdir = workdir
+        self.render = render
+        self.config_path = os.path.join(workdir, f"{name}-{id(self)}.yaml")
+        self.stdout_path = os.path.join(workdir, f"{name}-{id(self)}.access.jsonl")
+        self.stderr_path = os.path.join(workdir, f"{name}-{id(self)}.stderr")
+        self.env = dict(os.environ)
+        self.env.setdefault("CUTOVER_OVERRIDE_SECRET", OVERRIDE_SECRET)
+        if env:
+            self.env.update(env)
+        self.args = list(args)
+        self.proc = None
+        self.stopped = False
+        self._conns = []
+        self._start()
+
+    def _start(self):
+        last = ""
+        for _ in range(5):
+            self.port = free_port()
+            self.write_config(self.render(self.port))
+            self._out = open(self.stdout_path, "wb")
+            self._err = open(self.stderr_path, "wb")
+            self.proc = subprocess.Popen([CUTOVER_BIN, "-c", self.config_path] + self.args, stdout=self._out,
+                                         stderr=self._err, stdin=subprocess.DEVNULL, env=self.env)
+            self.pid = self.proc.pid
+            deadline = time.monotonic() + 10 * SLOW
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return
+                except OSError:
+                    time.sleep(0.01)
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+                self._out.close()
+                self._err.close()
+                raise AssertionError(f"cutover did not accept connections on {self.port}:\n{self.stderr_text()}")
+            self._out.close()
+            self._err.close()
+            last = self.stderr_text()
+            if "listen" not in last.lower() and "address" not in last.lower():
+                break  # not a port clash: do not retry
+        raise AssertionError(f"cutover exited at start-up (rc={self.proc.returncode}):\n{last}")
+
+    # -- config and signals
+
+    def write_config(self, text):
+        tmp = self.config_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.config_path)
+
+    def count_in_stderr(self, pattern):
+        """Number of stderr lines matching the regular expression."""
+        rx = re.compile(pattern)
+        return sum(1 for line in self.stderr_text().splitlines() if rx.search(line))
+
+    def reload(self, text=None, expect_ok=True, timeout=10):
+        """Write `text` (or render again with the same port) and SIGHUP; wait
+        until stderr says the reload was applied (a line with "reloaded") or
+        refused (a line with "reload ... refused"), and assert it was the
+        expected outcome."""
+        ok_rx, bad_rx = r"\breloaded\b", r"\breload\b.*\brefused\b"
+        ok0 = self.count_in_stderr(ok_rx)
+        bad0 = self.count_in_stderr(bad_rx)
+        self.write_config(text if text is not None else self.render(self.port))
+        self.proc.send_signal(signal.SIGHUP)
+
+        def done():
+            ok = self.count_in_stderr(ok_rx) > ok0
+            bad = self.count_in_stderr(bad_rx) > bad0
+            return (ok, bad) if ok or bad else None
+
+        ok, bad = wait_for(done, timeout, what="the reload to be logged on stderr")
+        if expect_ok:
+            assert ok and not bad, f"reload was refused:\n{self.stderr_text()[-4000:]}"
+        else:
+            assert bad and not ok, f"reload was not refused:\n{self.stderr_text()[-4000:]}"
+
+    def stderr_text(self):
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    # -- clients
+
+    def assert_alive(self):
+        """Fail with the tail of stderr (e.g. a sanitizer report) if the
+        proxy process has exited."""
+        rc = self.proc.poll()
+        if rc is not None:
+            raise AssertionError(f"cutover is not running any more (exit status {rc}); stderr ends with:\n"
+                                 f"{self.stderr_text()[-6000:]}")
+
+    def conn(self, timeout=10, source=None, rcvbuf=None):
+        """A RawConn to the proxy; closed by stop() if the test did not."""
+        try:
+            c = RawConn(self.port, timeout=timeout, source=source, rcvbuf=rcvbuf)
+        except OSError:
+            self.assert_alive()
+            raise
+        self._conns.append(c)
+        return c
+
+    def get(self, path, host="app.example", headers=(), body=None, method=None, timeout=10):
+        """One request on a fresh connection; returns a Response."""
+        c = self.conn(timeout=timeout)
+        try:
+            method = method or ("POST" if body is not None else "GET")
+            c.send(request(method, path, host=host, headers=headers, body=body, close=True))
+            return c.read_response(head=(method == "HEAD"))
+        except (OSError, EOFError):
+            try:  # a crashing process may need a moment to finish exiting
+                wait_for(lambda: self.proc.poll() is not None, 0.5)
+            except AssertionError:
+                pass
+            self.assert_alive()
+            raise
+        finally:
+            c.close()
+
+    # -- access log
+
+    def access_log(self):
+        """Access-log lines written so far (complete lines), parsed as JSON."""
+        with open(self.stdout_path, "rb") as f:
+            data = f.read()
+        return [json.loads(line) for line in data.split(b"\n")[:-1] if line.strip()]
+
+    def wait_log(self, n, timeout=10):
+        """Poll until at least n access-log lines exist; return them all."""
+        got = []
+
+        def enough():
+            got[:] = self.access_log()
+            return len(got) >= n
+
+        wait_for(enough, timeout, interval=0.02, what=f"{n} access-log lines (have {len(got)})")
+        return got
+
+    # -- stop
+
+    def stop(self, timeout=45):
+        if self.stopped:
+            return
+        self.stopped = True
+        for c in self._conns:
+            c.close()
+        rc = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = self.proc.wait(timeout=timeout * SLOW)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                self._out.close()
+                self._err.close()
+                raise AssertionError(f"cutover did not exit within {timeout * SLOW:.0f}s of SIGTERM:\n"
+                                     f"{self.stderr_text()[-4000:]}")
+        else:
+            rc = self.proc.returncode
+        self._out.close()
+        self._err.close()
+        err = self.stderr_text()
+        _check_sanitizer_clean("cutover", err)
+        assert rc == 0, f"cutover exited with {rc} after SIGTERM:\n{err[-4000:]}"
+
+
+# ---------------------------------------------------------------- HTTP/1.1 over a raw socket
+
+
+def request(method, path, host="app.example", headers=(), body=None, close=False, version="HTTP/1.1"):
+    """Serialise one request. headers: iterable of (name, value). A str/bytes
+    body gets a Content-Length unless headers already frame it."""
+    lines = [f"{method} {path} {version}"]
+    if host is not None:
+        lines.append(f"Host: {host}")
+    names = set()
+    for n, v in headers:
+        lines.append(f"{n}: {v}")
+        names.add(n.lower())
+    if body is not None and "content-length" not in names and "transfer-encoding" not in names:
+        lines.append(f"Content-Length: {len(body)}")
+    if close:
+        lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if body is None:
+        return head
+    return head + (body.encode() if isinstance(body, str) else body)
+
+
+class Response:
+    def __init__(self, version, status, reason, headers, body, raw_head):
+        self.version = version
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # [(lowercase name, value)]
+        self.body = body        # bytes, or None when a sink consumed it
+        self.raw_head = raw_head
+        self.body_len = 0
+
+    def header(self, name, default=None):
+        name = name.lower()
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return default
+
+    def header_all(self, name):
+        name = name.lower()
+        return [v for n, v in self.headers if n == name]
+
+    def __repr__(self):
+        return f"<Response {self.status} {self.headers} body={self.body[:200] if self.body else self.body!r}>"
+
+
+class RawConn:
+    """A client connection over a plain socket. Reads are buffered; every
+    read has the socket timeout as its deadline."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=10, source=None, rcvbuf=None):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source:
+            self.sock.bind((source, 0))
+        self.sock.settimeout(timeout * SLOW)
+        self.sock.connect((host, port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        self.pos = 0
+        self.closed = False
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    # Buffered input is self.buf[self.pos:]; consumed bytes are dropped
+    # lazily so that many small reads from a large buffer stay O(n).
+
+    def _fill(self, n=256 * 1024):
+        if self.pos:
+            del self.buf[:self.pos]
+            self.pos = 0
+        chunk = self.sock.recv(n)
+        if not chunk:
+            raise EOFError("connection closed by peer")
+        self.buf += chunk
+
+    def buffered(self):
+        return len(self.buf) - self.pos
+
+    def take_buffered(self):
+        """Return and drop whatever input is buffered."""
+        out = bytes(self.buf[self.pos:])
+        self.buf.clear()
+        self.pos = 0
+        return out
+
+    def _take(self, n):
+        out = bytes(self.buf[self.pos:self.pos + n])
+        self.pos += n
+        return out
+
+    def read_until(self, delim):
+        scanned = self.pos
+        while True:
+            i = self.buf.find(delim, scanned)
+            if i >= 0:
+                return self._take(i + len(delim) - self.pos)
+            # Offset (from pos) before which no match can start.
+            rel = max(0, len(self.buf) - len(delim) + 1 - self.pos)
+            self._fill()  # may compact: pos becomes 0
+            scanned = self.pos + rel
+
+    def read_exact(self, n, sink=None):
+        """n bytes; with sink, feed them to sink(bytes) and return None."""
+        if sink is None:
+            while self.buffered() < n:
+                self._fill(max(n - self.buffered(), 65536))
+            return self._take(n)
+        left = n
+        if self.buffered():
+            take = min(left, self.buffered())
+            sink(self._take(take))
+            left -= take
+        mv = memoryview(bytearray(1 << 20))
+        while left > 0:
+            k = self.sock.recv_into(mv, min(left, len(mv)))
+            if k == 0:
+                raise EOFError(f"connection closed with {left} body bytes missing")
+            sink(bytes(mv[:k]))
+            left -= k
+        return None
+
+    def read_head(self):
+        raw = self.read_until(b"\r\n\r\n")
+        lines = raw[:-4].split(b"\r\n")
+        m = re.match(rb"(HTTP/\d\.\d) (\d{3})(?: (.*))?$", lines[0])
+        assert m, f"bad status line {lines[0]!r}"
+        headers = []
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            assert sep, f"bad header line {line!r}"
+            headers.append((name.decode("latin-1").strip().lower(), value.decode("latin-1").strip()))
+        return m.group(1).decode(), int(m.group(2)), (m.group(3) or b"").decode("latin-1"), headers, raw
+
+    def read_response(self, head=False, sink=None, interim=False):
+        """Next response. 1xx responses are skipped unless interim=True.
+        head=True: the request was HEAD (no body). With sink, body bytes go to
+        sink(bytes) and Response.body is None (body_len is counted)."""
+        while True:
+            version, status, reason, headers, raw = self.read_head()
+            if 100 <= status < 200 and not interim:
+                continue
+            break
+        resp = Response(version, status, reason, headers, None, raw)
+        chunks = []
+        count = [0]
+
+        def out(b):
+            count[0] += len(b)
+            if sink:
+                sink(b)
+            else:
+                chunks.append(b)
+
+        te = resp.header("transfer-encoding")
+        cl = resp.header("content-length")
+        if head or status < 200 or status in (204, 304):
+            pass
+        elif te is not None:
+            assert te.lower() == "chunked", f"unexpected transfer-encoding {te!r}"
+            while True:
+                line = self.read_until(b"\r\n")
+                size = int(line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.read_until(b"\r\n") != b"\r\n":  # trailers
+                        pass
+                    break
+                self.read_exact(size, sink=out)
+                assert self.read_exact(2) == b"\r\n", "chunk data not followed by CRLF"
+        elif cl is not None:
+            self.read_exact(int(cl), sink=out)
+        else:  # until close
+            while True:
+                try:
+                    self._fill()
+                except EOFError:
+                    break
+            out(self.take_buffered())
+        resp.body_len = count[0]
+        resp.body = None if sink else b"".join(chunks)
+        return resp
+
+    def wait_closed(self, timeout=5):
+        """True when the peer closes (EOF or reset) within timeout seconds;
+        any bytes that arrive meanwhile are kept in self.extra."""
+        self.extra = self.take_buffered()
+        deadline = time.monotonic() + timeout * SLOW
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                return False
+            except (ConnectionResetError, BrokenPipeError):
+                return True
+            if not chunk:
+                return True
+            self.extra += chunk
+
+
+def pipeline(conn, reqs, batch=100):
+    """Send requests in batches of `batch` and read every response in order."""
+    out = []
+    for i in range(0, len(reqs), batch):
+        part = reqs[i:i + batch]
+        conn.send(b"".join(part))
+        for _ in part:
+            out.append(conn.read_response())
+    return out
+
+
+# ---------------------------------------------------------------- pytest glue
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("e2e"))
+
+
+@pytest.fixture(scope="module")
+def procs(workdir):
+    """Factory for mocks and proxies that are stopped (and checked) at the end
+    of the module: procs.mock(name), procs.proxy(render, ...)."""
+
+    class Procs:
+        def __init__(self):
+            self.items = []
+
+        def mock(self, name, record=False):
+            m = Mock(workdir, name, record=record)
+            self.items.append(m)
+            return m
+
+        def proxy(self, render, **kw):
+            p = Proxy(workdir, render, **kw)
+            self.items.append(p)
+            return p
+
+    p = Procs()
+    yield p
+    errors = []
+    for item in reversed(p.items):  # proxies before the mocks they use
+        try:
+            item.stop()
+        except AssertionError as e:
+            errors.append(str(e))
+    assert not errors, "\n\n".join(errors)
+
+
+def pytest_report_header(config):
+    return [f"cutover: {CUTOVER_BIN}", f"mock-upstream: {MOCK_BIN}", f"sanitize: {SANITIZE}"]
