@@ -8,11 +8,18 @@ cd "$(dirname "$0")/.."
 ./scripts/build.sh >/dev/null
 
 export CUTOVER_OVERRIDE_SECRET=${CUTOVER_OVERRIDE_SECRET:-demo-secret-change-me}
+# A self-signed certificate for the TLS listener, made now, removed on exit.
+CUTOVER_DEMO_TLS_DIR=$(mktemp -d /tmp/cutover-demo-tls.XXXXXX)
+export CUTOVER_DEMO_TLS_DIR
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$CUTOVER_DEMO_TLS_DIR/demo.key" -out "$CUTOVER_DEMO_TLS_DIR/demo.crt" >/dev/null 2>&1
 pids=""
 cleanup() {
     trap - INT TERM EXIT
     for p in $pids; do kill "$p" 2>/dev/null || true; done
     for p in $pids; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$CUTOVER_DEMO_TLS_DIR"
     echo "demo stopped"
 }
 trap cleanup INT TERM EXIT
@@ -30,7 +37,8 @@ done
 TOKEN=$(./build/cutover token azure)
 cat <<MSG
 
-cutover demo is running: proxy http://127.0.0.1:8080  (aws 90 % / azure 10 %, sticky cookie)
+cutover demo is running: proxy http://127.0.0.1:8080 and https://127.0.0.1:8443
+(aws 90 % / azure 10 %, sticky cookie; admin on http://127.0.0.1:9901)
 Access log (JSON lines): /tmp/cutover-demo-access.log
 
 Try:
@@ -45,6 +53,15 @@ Try:
 
   # an unsigned override is ignored (and counted)
   curl -s -H 'x-cutover-cluster: azure' http://127.0.0.1:8080/
+
+  # TLS with HTTP/2 (self-signed certificate made for this demo)
+  curl -s --http2 --cacert $CUTOVER_DEMO_TLS_DIR/demo.crt https://localhost:8443/ -w ' (HTTP/%{http_version})\n'
+  # HTTP/2 without TLS (prior knowledge)
+  curl -s --http2-prior-knowledge http://127.0.0.1:8080/
+
+  # what the proxy sees
+  curl -s http://127.0.0.1:9901/metrics | grep -E 'cutover_(requests|decisions|override)'
+  curl -s http://127.0.0.1:9901/status
 
 Ctrl-C stops the demo.
 MSG

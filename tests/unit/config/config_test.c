@@ -363,11 +363,28 @@ static void endpoint_duplicate_addresses_merged(void **state)
 static void demo_yaml_loads(void **state)
 {
     struct config *cfg = NULL;
+    /* The demo's TLS listener uses a self-signed certificate made at demo
+     * start; make one the same way. */
+    char dir[] = "/tmp/cutover-demo-tls-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost "
+             "-keyout %s/demo.key -out %s/demo.crt >/dev/null 2>&1",
+             dir, dir);
+    assert_int_equal(system(cmd), 0);
     setenv("CUTOVER_OVERRIDE_SECRET", "demo-secret", 1);
+    setenv("CUTOVER_DEMO_TLS_DIR", dir, 1);
     int rc = config_load("../../../config/examples/demo.yaml", &cfg, err, sizeof(err));
     unsetenv("CUTOVER_OVERRIDE_SECRET");
+    unsetenv("CUTOVER_DEMO_TLS_DIR");
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
     if (rc != CO_OK)
         fail_msg("demo.yaml: %s", err);
+    assert_int_equal(cfg->n_listeners, 2);
+    assert_true(cfg->listeners[1].tls);
+    assert_string_equal(cfg->listeners[1].addr.text, "127.0.0.1:8443");
     assert_int_equal(cfg->workers, 0);
     assert_string_equal(cfg->listeners[0].addr.text, "127.0.0.1:8080");
     assert_true(cfg->admin.enabled);
