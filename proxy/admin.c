@@ -55,6 +55,114 @@ static void metric_plain(struct evbuffer *b, const char *name, const char *type,
     evbuffer_add_printf(b, "%s %llu\n", name, (unsigned long long)v);
 }
 
+/* Sum of one worker-table counter across workers, by labels. */
+struct agg_route {
+    const char *route, *cluster;
+    uint64_t requests[4][6];
+    uint64_t bucket[METRICS_BUCKETS];
+    uint64_t count, sum_us;
+};
+
+struct agg_cluster {
+    const char *cluster;
+    uint64_t connect_errors, timeouts, retries, bad_responses;
+};
+
+static void labelled_metrics(struct app *app, struct evbuffer *b)
+{
+    static const char *classes[6] = {"aborted", "1xx", "2xx", "3xx", "4xx", "5xx"};
+    struct agg_route *ar = NULL;
+    size_t n_ar = 0;
+    struct agg_cluster *ac = NULL;
+    size_t n_ac = 0;
+    for (unsigned w = 0; w < app->n_workers; w++) {
+        struct stats_table *t = app->workers[w]->stats;
+        size_t n = atomic_load_explicit(&t->n_routes, memory_order_acquire);
+        for (size_t i = 0; i < n; i++) {
+            struct route_stats *rs = t->routes[i];
+            size_t k = 0;
+            while (k < n_ar && (strcmp(ar[k].route, rs->route) != 0 || strcmp(ar[k].cluster, rs->cluster) != 0))
+                k++;
+            if (k == n_ar) {
+                ar = co_realloc(ar, (n_ar + 1) * sizeof(*ar));
+                memset(&ar[k], 0, sizeof(ar[k]));
+                ar[k].route = rs->route;
+                ar[k].cluster = rs->cluster;
+                n_ar++;
+            }
+            for (int r = 0; r < 4; r++)
+                for (int c = 0; c < 6; c++)
+                    ar[k].requests[r][c] += METRIC_GET(rs->requests[r][c]);
+            for (int q = 0; q < METRICS_BUCKETS; q++)
+                ar[k].bucket[q] += METRIC_GET(rs->duration_bucket[q]);
+            ar[k].count += METRIC_GET(rs->duration_count);
+            ar[k].sum_us += METRIC_GET(rs->duration_sum_us);
+        }
+        n = atomic_load_explicit(&t->n_clusters, memory_order_acquire);
+        for (size_t i = 0; i < n; i++) {
+            struct cluster_stats *cs = t->clusters[i];
+            size_t k = 0;
+            while (k < n_ac && strcmp(ac[k].cluster, cs->cluster) != 0)
+                k++;
+            if (k == n_ac) {
+                ac = co_realloc(ac, (n_ac + 1) * sizeof(*ac));
+                memset(&ac[k], 0, sizeof(ac[k]));
+                ac[k].cluster = cs->cluster;
+                n_ac++;
+            }
+            ac[k].connect_errors += METRIC_GET(cs->connect_errors);
+            ac[k].timeouts += METRIC_GET(cs->timeouts);
+            ac[k].retries += METRIC_GET(cs->retries);
+            ac[k].bad_responses += METRIC_GET(cs->bad_responses);
+        }
+    }
+    metric_head(b, "cutover_requests_total", "counter", "Routed requests by route, cluster, decision reason and status class.");
+    for (size_t k = 0; k < n_ar; k++)
+        for (int r = 0; r < 4; r++)
+            for (int c = 0; c < 6; c++)
+                if (ar[k].requests[r][c])
+                    evbuffer_add_printf(b,
+                                        "cutover_requests_total{route=\"%s\",cluster=\"%s\",decision=\"%s\",class=\"%s\"} "
+                                        "%llu\n",
+                                        ar[k].route, ar[k].cluster, decide_reason_name((enum decide_reason)r), classes[c],
+                                        (unsigned long long)ar[k].requests[r][c]);
+    metric_head(b, "cutover_request_duration_seconds", "histogram",
+                "Time from the request head to the end of the response, by route and cluster.");
+    for (size_t k = 0; k < n_ar; k++) {
+        uint64_t cum = 0;
+        for (int q = 0; q < METRICS_BUCKETS; q++) {
+            cum += ar[k].bucket[q];
+            evbuffer_add_printf(b, "cutover_request_duration_seconds_bucket{route=\"%s\",cluster=\"%s\",le=\"%g\"} %llu\n",
+                                ar[k].route, ar[k].cluster, (double)metrics_bucket_us[q] / 1e6, (unsigned long long)cum);
+        }
+        evbuffer_add_printf(b, "cutover_request_duration_seconds_bucket{route=\"%s\",cluster=\"%s\",le=\"+Inf\"} %llu\n",
+                            ar[k].route, ar[k].cluster, (unsigned long long)ar[k].count);
+        evbuffer_add_printf(b, "cutover_request_duration_seconds_sum{route=\"%s\",cluster=\"%s\"} %.6f\n", ar[k].route,
+                            ar[k].cluster, (double)ar[k].sum_us / 1e6);
+        evbuffer_add_printf(b, "cutover_request_duration_seconds_count{route=\"%s\",cluster=\"%s\"} %llu\n", ar[k].route,
+                            ar[k].cluster, (unsigned long long)ar[k].count);
+    }
+    const struct {
+        const char *name, *help;
+        size_t off;
+    } up[] = {
+        {"cutover_upstream_connect_errors_total", "Upstream connections that failed, timed out or failed TLS, by cluster.",
+         offsetof(struct agg_cluster, connect_errors)},
+        {"cutover_upstream_timeouts_total", "Upstream responses that timed out, by cluster.", offsetof(struct agg_cluster, timeouts)},
+        {"cutover_upstream_bad_responses_total", "Malformed or truncated upstream responses, by cluster.",
+         offsetof(struct agg_cluster, bad_responses)},
+        {"cutover_upstream_retries_total", "Requests retried upstream, by cluster.", offsetof(struct agg_cluster, retries)},
+    };
+    for (size_t m = 0; m < CO_ARRAY_SIZE(up); m++) {
+        metric_head(b, up[m].name, "counter", up[m].help);
+        for (size_t k = 0; k < n_ac; k++)
+            evbuffer_add_printf(b, "%s{cluster=\"%s\"} %llu\n", up[m].name, ac[k].cluster,
+                                (unsigned long long)*(uint64_t *)((char *)&ac[k] + up[m].off));
+    }
+    free(ar);
+    free(ac);
+}
+
 void admin_metrics(struct app *app, struct evbuffer *b)
 {
     static const char *classes[6] = {"aborted", "1xx", "2xx", "3xx", "4xx", "5xx"};
@@ -63,12 +171,13 @@ void admin_metrics(struct app *app, struct evbuffer *b)
     metric_head(b, "cutover_build_info", "gauge", "Version of this cutover binary.");
     evbuffer_add_printf(b, "cutover_build_info{version=\"%s\"} 1\n", CUTOVER_VERSION);
 
-    metric_head(b, "cutover_requests_total", "counter", "Requests answered, by status class (aborted = no complete response).");
+    metric_head(b, "cutover_responses_total", "counter",
+                "Responses by status class, routed or not (aborted = no complete response).");
     for (int c = 0; c < 6; c++) {
         uint64_t v = 0;
         for (unsigned i = 0; i < app->n_workers; i++)
             v += METRIC_GET(app->workers[i]->metrics.status_class[c]);
-        evbuffer_add_printf(b, "cutover_requests_total{class=\"%s\"} %llu\n", classes[c], (unsigned long long)v);
+        evbuffer_add_printf(b, "cutover_responses_total{class=\"%s\"} %llu\n", classes[c], (unsigned long long)v);
     }
     metric_head(b, "cutover_decisions_total", "counter", "Side decisions by reason.");
     for (int r = 0; r < 4; r++) {
@@ -78,18 +187,11 @@ void admin_metrics(struct app *app, struct evbuffer *b)
         evbuffer_add_printf(b, "cutover_decisions_total{reason=\"%s\"} %llu\n", decide_reason_name((enum decide_reason)r),
                             (unsigned long long)v);
     }
+    labelled_metrics(app, b);
     metric_plain(b, "cutover_override_rejected_total", "counter", "Override values present but not validly signed.",
                  SUM(app, override_rejected));
     metric_plain(b, "cutover_no_route_total", "counter", "Requests answered 404 because no route matched.", SUM(app, no_route));
     metric_plain(b, "cutover_bad_requests_total", "counter", "Requests refused by the parser or a limit.", SUM(app, bad_requests));
-    metric_plain(b, "cutover_upstream_connect_errors_total", "counter", "Upstream connections that failed or timed out.",
-                 SUM(app, upstream_connect_errors));
-    metric_plain(b, "cutover_upstream_timeouts_total", "counter", "Upstream responses that timed out.",
-                 SUM(app, upstream_timeouts));
-    metric_plain(b, "cutover_upstream_bad_responses_total", "counter", "Malformed or truncated upstream responses.",
-                 SUM(app, upstream_bad_responses));
-    metric_plain(b, "cutover_upstream_retries_total", "counter", "Requests retried on a new upstream connection.",
-                 SUM(app, upstream_retries));
     metric_plain(b, "cutover_connections_accepted_total", "counter", "Downstream connections accepted.",
                  SUM(app, conns_accepted));
     metric_head(b, "cutover_downstream_connections", "gauge", "Open downstream connections by protocol.");

@@ -8,6 +8,7 @@
 #define CUTOVER_METRICS_H
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* A counter written by one worker and read by the scraper. Relaxed loads and
@@ -37,5 +38,50 @@ struct metrics {
     metric_t conns_h2;            /* open downstream HTTP/2 connections (gauge) */
     metric_t tls_handshake_failures; /* downstream TLS handshakes that failed or timed out */
 };
+
+/* Request duration histogram bounds, in microseconds (Prometheus `le` in seconds). */
+#define METRICS_BUCKETS 11
+extern const uint64_t metrics_bucket_us[METRICS_BUCKETS];
+
+/* Counters of one (route, cluster) pair on one worker. Created on first use,
+ * never freed before the worker: the scraper may read it at any time. */
+struct route_stats {
+    char *route;
+    char *cluster;
+    metric_t requests[4][6];                  /* [decide_reason][status class] */
+    metric_t duration_bucket[METRICS_BUCKETS]; /* cumulative counts are computed at scrape */
+    metric_t duration_count;
+    metric_t duration_sum_us;
+};
+
+/* Upstream counters of one cluster on one worker. */
+struct cluster_stats {
+    char *cluster;
+    metric_t connect_errors;
+    metric_t timeouts;
+    metric_t retries;
+    metric_t bad_responses;
+};
+
+#define METRICS_MAX_ROUTE_STATS 4096
+#define METRICS_MAX_CLUSTER_STATS 1024
+
+/* A worker's labelled counters: append-only tables (the count is published
+ * with release order after the entry is complete) plus indexes for the
+ * current config. */
+struct stats_table {
+    struct route_stats *routes[METRICS_MAX_ROUTE_STATS];
+    _Atomic size_t n_routes;
+    struct cluster_stats *clusters[METRICS_MAX_CLUSTER_STATS];
+    _Atomic size_t n_clusters;
+};
+
+struct stats_table *stats_table_new(void);
+void stats_table_free(struct stats_table *t);
+/* Find or create (worker thread only). NULL when the table is full. */
+struct route_stats *stats_route(struct stats_table *t, const char *route, const char *cluster);
+struct cluster_stats *stats_cluster(struct stats_table *t, const char *cluster);
+/* Record one finished request. */
+void stats_record(struct route_stats *rs, int reason, int status_class, uint64_t duration_us);
 
 #endif

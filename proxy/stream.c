@@ -143,6 +143,46 @@ static void decide(struct stream *s)
     METRIC_INC(w->metrics.reason[s->reason]);
 }
 
+void stream_up_count(struct worker *w, struct stream *s, enum up_counter which)
+{
+    struct cluster_stats *cs = s ? s->cstats : NULL;
+    switch (which) {
+    case UPC_CONNECT_ERROR:
+        METRIC_INC(w->metrics.upstream_connect_errors);
+        if (cs)
+            METRIC_INC(cs->connect_errors);
+        break;
+    case UPC_TIMEOUT:
+        METRIC_INC(w->metrics.upstream_timeouts);
+        if (cs)
+            METRIC_INC(cs->timeouts);
+        break;
+    case UPC_BAD_RESPONSE:
+        METRIC_INC(w->metrics.upstream_bad_responses);
+        if (cs)
+            METRIC_INC(cs->bad_responses);
+        break;
+    case UPC_RETRY:
+        METRIC_INC(w->metrics.upstream_retries);
+        if (cs)
+            METRIC_INC(cs->retries);
+        break;
+    }
+}
+
+/* Labelled counters for this exchange's route and cluster. */
+static void bind_stats(struct stream *s)
+{
+    struct worker *w = s->worker;
+    if (s->cfg == w->cfg && w->rs_index && w->cs_index) {
+        s->rstats = w->rs_index[s->route->index * DECIDE_MAX_SPLIT + (size_t)s->split_index];
+        s->cstats = w->cs_index[s->cluster->index];
+    } else {
+        s->rstats = stats_route(w->stats, s->route->name, s->cluster->name);
+        s->cstats = stats_cluster(w->stats, s->cluster->name);
+    }
+}
+
 void stream_start(struct stream *s)
 {
     s->route = router_match(s->cfg, s->host, s->host_len, s->target, s->target_len);
@@ -152,6 +192,7 @@ void stream_start(struct stream *s)
         return;
     }
     decide(s);
+    bind_stats(s);
     s->body_buf = evbuffer_new();
     s->attempts = 1;
     s->t_up_start_us = co_now_us();
@@ -235,7 +276,7 @@ void stream_up_failed(struct stream *s, int status, const char *why, bool retrya
     s->up_ready = false;
     if (retryable && !s->body_started && !s->resp_started && s->attempts < 2) {
         s->attempts++;
-        METRIC_INC(w->metrics.upstream_retries);
+        stream_up_count(w, s, UPC_RETRY);
         log_warn("request %s to cluster %s: %s; retrying on a new connection", s->request_id, s->cluster->name, why);
         upstream_start(s, true);
         return;
@@ -392,6 +433,8 @@ void stream_free(struct stream *s)
         upstream_release(up, false);
     }
     if (s->method) {
+        if (s->rstats)
+            stats_record(s->rstats, (int)s->reason, s->resp_done ? s->status / 100 : 0, co_now_us() - s->t_start_us);
         METRIC_INC(w->metrics.requests);
         METRIC_INC(w->metrics.status_class[s->resp_done ? (unsigned)(s->status / 100) % 6 : 0]);
         log_line(s);

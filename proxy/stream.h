@@ -20,6 +20,7 @@
 
 #include "decide.h"
 #include "h1.h"
+#include "metrics.h"
 
 struct worker;
 struct config;
@@ -88,6 +89,8 @@ struct stream {
     const struct cluster_conf *cluster;
     int split_index;
     enum decide_reason reason;
+    struct route_stats *rstats;   /* labelled counters (worker-owned) */
+    struct cluster_stats *cstats;
     char new_cookie[40]; /* sticky cookie value issued with this response, "" if none */
     bool override_rejected;
 
@@ -136,6 +139,16 @@ void stream_respond(struct stream *s, int status, const char *body);
 
 /* Free (after done or abort). Writes the access log line. */
 void stream_free(struct stream *s);
+
+enum up_counter {
+    UPC_CONNECT_ERROR,
+    UPC_TIMEOUT,
+    UPC_BAD_RESPONSE,
+    UPC_RETRY,
+};
+
+/* Count an upstream event globally and for the stream's cluster (s may be NULL). */
+void stream_up_count(struct worker *w, struct stream *s, enum up_counter which);
 
 /* Callbacks from the upstream connection (upstream_h1.c). */
 void stream_up_connected(struct stream *s);

@@ -221,7 +221,7 @@ static void on_connected(void *arg, struct bufferevent *bev, const char *alpn, c
     if (s)
         snprintf(s->endpoint, sizeof(s->endpoint), "%s", addr);
     if (bev == NULL) {
-        METRIC_INC(c->worker->metrics.upstream_connect_errors);
+        stream_up_count(c->worker, c->stream, UPC_CONNECT_ERROR);
         fail(c, status, why, false);
         return;
     }
@@ -354,7 +354,7 @@ static void pump(struct upconn *c)
                 char why[160];
                 snprintf(why, sizeof(why), "malformed chunked response body from %s: %s", c->addr,
                          c->chunked.error ? c->chunked.error : "?");
-                METRIC_INC(c->worker->metrics.upstream_bad_responses);
+                stream_up_count(c->worker, c->stream, UPC_BAD_RESPONSE);
                 fail(c, 502, why, false);
                 return;
             }
@@ -418,7 +418,7 @@ static int parse_head(struct upconn *c)
         int r = h1_parse_response(p, n, &lim, &resp);
         if (r == H1_INCOMPLETE) {
             if (avail >= UP_MAX_HEAD) {
-                METRIC_INC(c->worker->metrics.upstream_bad_responses);
+                stream_up_count(c->worker, c->stream, UPC_BAD_RESPONSE);
                 fail(c, 502, "response head from upstream too large", false);
                 return CO_ERROR;
             }
@@ -427,7 +427,7 @@ static int parse_head(struct upconn *c)
         if (r < 0) {
             char why[200];
             snprintf(why, sizeof(why), "malformed response from %s: %s", c->addr, resp.msg.error ? resp.msg.error : "bad head");
-            METRIC_INC(c->worker->metrics.upstream_bad_responses);
+            stream_up_count(c->worker, c->stream, UPC_BAD_RESPONSE);
             fail(c, 502, why, false);
             return CO_ERROR;
         }
@@ -455,7 +455,7 @@ static int parse_head(struct upconn *c)
                 return CO_OK;
             }
             if (resp.status == 101) {
-                METRIC_INC(c->worker->metrics.upstream_bad_responses);
+                stream_up_count(c->worker, c->stream, UPC_BAD_RESPONSE);
                 fail(c, 502, "upstream switched protocols without being asked", false);
                 return CO_ERROR;
             }
@@ -530,7 +530,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     }
     if (c->state == UP_CONNECTING) {
         int err = EVUTIL_SOCKET_ERROR();
-        METRIC_INC(c->worker->metrics.upstream_connect_errors);
+        stream_up_count(c->worker, c->stream, UPC_CONNECT_ERROR);
         if (what & BEV_EVENT_TIMEOUT)
             snprintf(why, sizeof(why), "connect(%s) timed out after %llu ms", c->addr,
                      (unsigned long long)s->cluster->connect_timeout_ms);
@@ -540,7 +540,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (what & BEV_EVENT_TIMEOUT) {
-        METRIC_INC(c->worker->metrics.upstream_timeouts);
+        stream_up_count(c->worker, c->stream, UPC_TIMEOUT);
         snprintf(why, sizeof(why), "%s from %s timed out", c->head_done ? "response body" : "response head", c->addr);
         fail(c, 504, why, false);
         return;
@@ -565,7 +565,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     snprintf(why, sizeof(why), "upstream %s %s %s", c->addr, (what & BEV_EVENT_EOF) ? "closed the connection" : "connection error",
              c->head_done ? "in the response body" : "before a complete response head");
     if (!c->head_done)
-        METRIC_INC(c->worker->metrics.upstream_bad_responses);
+        stream_up_count(c->worker, c->stream, UPC_BAD_RESPONSE);
     fail(c, 502, why, retry);
 }
 

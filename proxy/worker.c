@@ -209,6 +209,22 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     evtimer_add(w->drain_timer, &tv);
 }
 
+/* Index the labelled counters by the config's route/split and cluster
+ * positions (entries carry over by name). */
+static void index_stats(struct worker *w, const struct config *cfg)
+{
+    free(w->rs_index);
+    free(w->cs_index);
+    w->rs_index = co_calloc(cfg->n_routes * DECIDE_MAX_SPLIT, sizeof(*w->rs_index));
+    w->cs_index = co_calloc(cfg->n_clusters, sizeof(*w->cs_index));
+    for (size_t r = 0; r < cfg->n_routes; r++)
+        for (size_t k = 0; k < cfg->routes[r].n_split && k < DECIDE_MAX_SPLIT; k++)
+            w->rs_index[r * DECIDE_MAX_SPLIT + k] =
+                stats_route(w->stats, cfg->routes[r].name, cfg->routes[r].split[k].cluster->name);
+    for (size_t c = 0; c < cfg->n_clusters; c++)
+        w->cs_index[c] = stats_cluster(w->stats, cfg->clusters[c].name);
+}
+
 static void on_swap(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
@@ -224,6 +240,7 @@ static void on_swap(evutil_socket_t fd, short what, void *arg)
     free(w->wrr);
     w->wrr = wrr;
     pool_update(w->pool, cfg);
+    index_stats(w, cfg);
     /* New certificates apply to new connections on listeners that stayed. */
     for (size_t i = 0; i < w->n_listeners; i++) {
         struct wlistener *wl = &w->listeners[i];
@@ -269,6 +286,8 @@ struct worker *worker_new(unsigned id, struct config *cfg)
     for (size_t i = 0; i < cfg->n_routes; i++)
         decide_wrr_init(&w->wrr[i], &cfg->routes[i]);
     w->pool = pool_new(w, cfg);
+    w->stats = stats_table_new();
+    index_stats(w, cfg);
     w->log = accesslog_new(w);
     w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
     w->swap_ev = event_new(w->base, -1, 0, on_swap, w);
@@ -349,6 +368,10 @@ void worker_join_free(struct worker *w)
     if (w->pool)
         pool_free(w->pool);
     free(w->wrr);
+    free(w->rs_index);
+    free(w->cs_index);
+    if (w->stats)
+        stats_table_free(w->stats);
     config_unref(w->cfg);
     event_base_free(w->base);
     free(w);

@@ -48,6 +48,9 @@ struct worker {
     struct decide_wrr *wrr;    /* per route index of cfg: smooth WRR state */
     struct accesslog *log;     /* buffered access log (accesslog.c) */
     struct metrics metrics;    /* this worker's counters; summed at scrape */
+    struct stats_table *stats; /* labelled counters by route/cluster */
+    struct route_stats **rs_index;   /* [route index * DECIDE_MAX_SPLIT + split index] for cfg */
+    struct cluster_stats **cs_index; /* [cluster index] for cfg */
     struct event *stop_ev;     /* activated by the main thread on SIGTERM */
     struct event *swap_ev;     /* activated by the main thread when a new config is ready */
     pthread_mutex_t swap_lock; /* guards `pending` only (main thread -> worker hand-off) */
