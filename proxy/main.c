@@ -119,18 +119,48 @@ int app_reload(struct app *app, const char *why)
                   (unsigned long long)app->generation, err);
         return CO_ERROR;
     }
-    bool same_listeners = cfg->n_listeners == app->cfg->n_listeners;
-    for (size_t i = 0; same_listeners && i < cfg->n_listeners; i++)
-        same_listeners = strcmp(cfg->listeners[i].addr.text, app->cfg->listeners[i].addr.text) == 0;
-    if (!same_listeners)
-        log_warn("reload: listener addresses changed; the new ones take effect on restart");
+    /* New listener addresses: bind them now, per worker, so a port that is
+     * taken refuses the reload instead of failing later in a worker. */
+    int **fds = co_calloc(app->n_workers, sizeof(*fds));
+    for (unsigned i = 0; i < app->n_workers; i++) {
+        fds[i] = co_malloc((cfg->n_listeners ? cfg->n_listeners : 1) * sizeof(int));
+        for (size_t j = 0; j < cfg->n_listeners; j++)
+            fds[i][j] = -1;
+    }
+    for (size_t j = 0; j < cfg->n_listeners; j++) {
+        bool known = false;
+        for (size_t k = 0; k < app->cfg->n_listeners && !known; k++)
+            known = strcmp(cfg->listeners[j].addr.text, app->cfg->listeners[k].addr.text) == 0;
+        for (unsigned i = 0; i < app->n_workers && !known; i++) {
+            char bind_err[256];
+            fds[i][j] = worker_bind(&cfg->listeners[j].addr, bind_err, sizeof(bind_err));
+            if (fds[i][j] < 0) {
+                snprintf(err, sizeof(err), "%s: %s", app->config_path, bind_err);
+                for (unsigned a = 0; a < app->n_workers; a++) {
+                    for (size_t b = 0; b < cfg->n_listeners; b++)
+                        if (fds[a][b] >= 0)
+                            close(fds[a][b]);
+                    free(fds[a]);
+                }
+                free(fds);
+                config_unref(cfg);
+                app->reloads_failed++;
+                app->last_reload_ok = false;
+                snprintf(app->last_reload_error, sizeof(app->last_reload_error), "%s", err);
+                log_error("reload refused (%s), the running config (generation %llu) keeps serving: %s", why,
+                          (unsigned long long)app->generation, err);
+                return CO_ERROR;
+            }
+        }
+    }
     if (cfg->admin.enabled != app->cfg->admin.enabled ||
         (cfg->admin.enabled && strcmp(cfg->admin.addr.text, app->cfg->admin.addr.text) != 0))
         log_warn("reload: the admin address changed; it takes effect on restart");
     warn_insecure(cfg);
     cfg->generation = ++app->generation;
     for (unsigned i = 0; i < app->n_workers; i++)
-        worker_set_config(app->workers[i], cfg);
+        worker_set_config(app->workers[i], cfg, fds[i]);
+    free(fds);
     config_unref(app->cfg);
     app->cfg = cfg;
     app->reloads_ok++;

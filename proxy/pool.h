@@ -15,8 +15,10 @@
 
 struct upconn;
 struct worker;
+struct h2session;
 
 TAILQ_HEAD(upconn_list, upconn);
+LIST_HEAD(h2session_list, h2session);
 
 /* One endpoint of a cluster as seen by one worker. */
 struct ep_pool {
@@ -29,6 +31,11 @@ struct ep_pool {
     struct upconn_list idle;       /* idle keep-alive connections, most recent first */
     unsigned n_idle;
     unsigned n_active;
+    /* HTTP/2 sessions of this worker to the endpoint (upstream_h2.c owns
+     * them). A LIST so that the zeroed ep_pool is a valid empty list. */
+    struct h2session_list h2_sessions;
+    unsigned n_h2_sessions;
+    bool h2;                       /* protocol auto: the endpoint chose h2 in ALPN, new streams go to upstream_h2_start */
 };
 
 struct cluster_pool {

@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "accesslog.h"
 #include <stdlib.h>
@@ -30,6 +32,7 @@
 #define ACCEPT_PAUSE_MS 100
 
 static void pause_accepting(struct worker *w);
+static void wlistener_free(struct wlistener *wl);
 
 uint64_t worker_random(struct worker *w)
 {
@@ -124,13 +127,13 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
     if (w->draining || w->n_conns >= w->cfg->limits.max_connections)
         return;
     for (size_t i = 0; i < w->n_listeners; i++)
-        evconnlistener_enable(w->listeners[i].listener);
+        evconnlistener_enable(w->listeners[i]->listener);
 }
 
 static void pause_accepting(struct worker *w)
 {
     for (size_t i = 0; i < w->n_listeners; i++)
-        evconnlistener_disable(w->listeners[i].listener);
+        evconnlistener_disable(w->listeners[i]->listener);
 }
 
 static void on_accept_error(struct evconnlistener *l, void *arg)
@@ -190,10 +193,9 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     if (w->draining)
         return;
     w->draining = 1;
-    for (size_t i = 0; i < w->n_listeners; i++) {
-        evconnlistener_free(w->listeners[i].listener);
-        w->listeners[i].listener = NULL;
-    }
+    for (size_t i = 0; i < w->n_listeners; i++)
+        wlistener_free(w->listeners[i]);
+    w->n_listeners = 0;
     /* Tell every connection (a drain callback may close its connection). */
     for (struct conn_link *l = w->conns.next, *next; l != &w->conns; l = next) {
         next = l->next;
@@ -207,6 +209,51 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
     w->drain_timer = evtimer_new(w->base, on_drain_timeout, w);
     evtimer_add(w->drain_timer, &tv);
+}
+
+int worker_bind(const struct config_addr *a, char *err, size_t errlen)
+{
+    int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0) {
+        snprintf(err, errlen, "socket() for %s: %s", a->text, strerror(errno));
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (a->sa.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&a->sa, a->sa_len) != 0 || listen(fd, 1024) != 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Wrap a listening socket (owned from now on) for listener config lc. */
+static struct wlistener *wlistener_new(struct worker *w, const struct listener_conf *lc, int fd)
+{
+    struct wlistener *wl = co_calloc(1, sizeof(*wl));
+    wl->worker = w;
+    wl->address = co_strdup(lc->addr.text);
+    if (lc->ctx) {
+        SSL_CTX_up_ref(lc->ctx);
+        wl->tls_ctx = lc->ctx;
+    }
+    wl->listener = evconnlistener_new(w->base, on_accept, wl, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
+    evconnlistener_set_error_cb(wl->listener, on_accept_error);
+    return wl;
+}
+
+static void wlistener_free(struct wlistener *wl)
+{
+    if (wl->listener)
+        evconnlistener_free(wl->listener);
+    if (wl->tls_ctx)
+        SSL_CTX_free(wl->tls_ctx);
+    free(wl->address);
+    free(wl);
 }
 
 /* Index the labelled counters by the config's route/split and cluster
@@ -230,7 +277,9 @@ static void on_swap(evutil_socket_t fd, short what, void *arg)
     struct worker *w = arg;
     pthread_mutex_lock(&w->swap_lock);
     struct config *cfg = w->pending;
+    int *fds = w->pending_fds;
     w->pending = NULL;
+    w->pending_fds = NULL;
     pthread_mutex_unlock(&w->swap_lock);
     if (cfg == NULL)
         return;
@@ -241,27 +290,84 @@ static void on_swap(evutil_socket_t fd, short what, void *arg)
     w->wrr = wrr;
     pool_update(w->pool, cfg);
     index_stats(w, cfg);
-    /* New certificates apply to new connections on listeners that stayed. */
-    for (size_t i = 0; i < w->n_listeners; i++) {
-        struct wlistener *wl = &w->listeners[i];
-        for (size_t j = 0; j < cfg->n_listeners; j++) {
-            if (strcmp(cfg->listeners[j].addr.text, wl->address) != 0 || cfg->listeners[j].ctx == NULL || wl->tls_ctx == NULL)
-                continue;
-            SSL_CTX_up_ref(cfg->listeners[j].ctx);
-            SSL_CTX_free(wl->tls_ctx);
-            wl->tls_ctx = cfg->listeners[j].ctx;
+    /* Listeners: those whose address stayed keep their socket (no refused
+     * connection during a reload) and take the new certificates; new ones
+     * use the socket the main thread bound; removed ones close (connections
+     * they accepted go on). */
+    struct wlistener **next = co_calloc(cfg->n_listeners ? cfg->n_listeners : 1, sizeof(*next));
+    size_t n_next = 0;
+    for (size_t j = 0; j < cfg->n_listeners && !w->draining; j++) {
+        const struct listener_conf *lc = &cfg->listeners[j];
+        struct wlistener *wl = NULL;
+        for (size_t i = 0; i < w->n_listeners; i++)
+            if (w->listeners[i] && strcmp(w->listeners[i]->address, lc->addr.text) == 0) {
+                wl = w->listeners[i];
+                w->listeners[i] = NULL;
+                break;
+            }
+        if (wl) {
+            if (wl->tls_ctx)
+                SSL_CTX_free(wl->tls_ctx);
+            wl->tls_ctx = NULL;
+            if (lc->ctx) {
+                SSL_CTX_up_ref(lc->ctx);
+                wl->tls_ctx = lc->ctx;
+            }
+        } else {
+            int lfd = fds && fds[j] >= 0 ? fds[j] : -1;
+            if (fds)
+                fds[j] = -1;
+            if (lfd < 0) {
+                char err[256];
+                lfd = worker_bind(&lc->addr, err, sizeof(err));
+                if (lfd < 0) {
+                    log_error("worker %u: reload: %s; that listener stays closed", w->id, err);
+                    continue;
+                }
+            }
+            wl = wlistener_new(w, lc, lfd);
+            log_info("worker %u: now listening on %s", w->id, lc->addr.text);
         }
+        next[n_next++] = wl;
+    }
+    for (size_t i = 0; i < w->n_listeners; i++)
+        if (w->listeners[i]) {
+            log_info("worker %u: stopped listening on %s", w->id, w->listeners[i]->address);
+            wlistener_free(w->listeners[i]);
+        }
+    free(w->listeners);
+    w->listeners = next;
+    w->n_listeners = n_next;
+    if (fds) {
+        for (size_t j = 0; j < cfg->n_listeners; j++)
+            if (fds[j] >= 0)
+                close(fds[j]);
+        free(fds);
     }
     config_unref(w->cfg);
     w->cfg = cfg;
 }
 
-void worker_set_config(struct worker *w, struct config *cfg)
+static void drop_pending(struct worker *w)
 {
-    pthread_mutex_lock(&w->swap_lock);
+    if (w->pending_fds) {
+        for (size_t j = 0; j < w->pending->n_listeners; j++)
+            if (w->pending_fds[j] >= 0)
+                close(w->pending_fds[j]);
+        free(w->pending_fds);
+        w->pending_fds = NULL;
+    }
     if (w->pending)
         config_unref(w->pending);
+    w->pending = NULL;
+}
+
+void worker_set_config(struct worker *w, struct config *cfg, int *fds)
+{
+    pthread_mutex_lock(&w->swap_lock);
+    drop_pending(w);
     w->pending = config_ref(cfg);
+    w->pending_fds = fds;
     pthread_mutex_unlock(&w->swap_lock);
     event_active(w->swap_ev, EV_READ, 1);
 }
@@ -295,26 +401,15 @@ struct worker *worker_new(unsigned id, struct config *cfg)
 
     w->listeners = co_calloc(cfg->n_listeners, sizeof(*w->listeners));
     for (size_t i = 0; i < cfg->n_listeners; i++) {
-        const struct listener_conf *lc = &cfg->listeners[i];
-        const struct config_addr *a = &lc->addr;
-        struct wlistener *wl = &w->listeners[i];
-        wl->worker = w;
-        wl->address = co_strdup(a->text);
-        if (lc->ctx) {
-            SSL_CTX_up_ref(lc->ctx);
-            wl->tls_ctx = lc->ctx;
-        }
-        w->n_listeners = i + 1;
-        wl->listener =
-            evconnlistener_new_bind(w->base, on_accept, wl,
-                                    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT,
-                                    1024, (const struct sockaddr *)&a->sa, (int)a->sa_len);
-        if (wl->listener == NULL) {
-            log_error("worker %u: cannot listen on %s: %s", id, a->text, strerror(errno));
+        char err[256];
+        int fd = worker_bind(&cfg->listeners[i].addr, err, sizeof(err));
+        if (fd < 0) {
+            log_error("worker %u: %s", id, err);
             worker_join_free(w);
             return NULL;
         }
-        evconnlistener_set_error_cb(wl->listener, on_accept_error);
+        w->listeners[i] = wlistener_new(w, &cfg->listeners[i], fd);
+        w->n_listeners = i + 1;
     }
     w->n_listeners = cfg->n_listeners;
     return w;
@@ -346,13 +441,9 @@ void worker_join_free(struct worker *w)
 {
     if (w->thread)
         pthread_join(w->thread, NULL);
-    for (size_t i = 0; i < w->n_listeners; i++) {
-        if (w->listeners[i].listener)
-            evconnlistener_free(w->listeners[i].listener);
-        if (w->listeners[i].tls_ctx)
-            SSL_CTX_free(w->listeners[i].tls_ctx);
-        free(w->listeners[i].address);
-    }
+    for (size_t i = 0; i < w->n_listeners; i++)
+        if (w->listeners[i])
+            wlistener_free(w->listeners[i]);
     free(w->listeners);
     if (w->drain_timer)
         event_free(w->drain_timer);
@@ -360,8 +451,7 @@ void worker_join_free(struct worker *w)
         event_free(w->stop_ev);
     if (w->swap_ev)
         event_free(w->swap_ev);
-    if (w->pending)
-        config_unref(w->pending);
+    drop_pending(w);
     pthread_mutex_destroy(&w->swap_lock);
     if (w->log)
         accesslog_free(w->log);

@@ -42,7 +42,7 @@ struct worker {
     pthread_t thread;
     struct event_base *base;
     struct config *cfg;        /* current snapshot; new streams take a reference */
-    struct wlistener *listeners;
+    struct wlistener **listeners;
     size_t n_listeners;
     struct pool *pool;         /* upstream connection pools (pool.c) */
     struct decide_wrr *wrr;    /* per route index of cfg: smooth WRR state */
@@ -55,6 +55,7 @@ struct worker {
     struct event *swap_ev;     /* activated by the main thread when a new config is ready */
     pthread_mutex_t swap_lock; /* guards `pending` only (main thread -> worker hand-off) */
     struct config *pending;    /* next snapshot, owned reference */
+    int *pending_fds;          /* listening sockets bound for it: [listener index] or -1 (owned) */
     struct event *drain_timer; /* forced exit after the drain timeout */
     unsigned n_conns;          /* open downstream connections */
     struct conn_link conns;    /* list head (sentinel) of open connections */
@@ -71,8 +72,12 @@ struct worker *worker_new(unsigned id, struct config *cfg);
 int worker_start(struct worker *w);
 
 /* Hand the worker a new snapshot (thread-safe; takes a reference). New
- * streams use it; streams in flight keep theirs. Listeners are not changed. */
-void worker_set_config(struct worker *w, struct config *cfg);
+ * streams use it; streams in flight keep theirs. `fds` (owned, may be NULL):
+ * a listening socket per listener of cfg that is new to this worker, or -1. */
+void worker_set_config(struct worker *w, struct config *cfg, int *fds);
+
+/* Bind and listen (SO_REUSEPORT, non-blocking) on a; -1 and err on failure. */
+int worker_bind(const struct config_addr *a, char *err, size_t errlen);
 
 /* Ask the worker to drain and exit (thread-safe). */
 void worker_stop(struct worker *w);

@@ -5,7 +5,8 @@
 set -eu
 
 PKGS="gcc make cmake pkg-config clang libevent-dev libssl-dev libnghttp2-dev libyaml-dev libcmocka-dev
-      python3 python3-pytest python3-h2 python3-yaml shellcheck curl openssl nghttp2-client procps"
+      python3 python3-pytest python3-h2 python3-yaml python3-prometheus-client prometheus shellcheck curl openssl
+      nghttp2-client nghttp2-server procps"
 
 missing=""
 for p in $PKGS; do
