@@ -201,6 +201,9 @@ void admin_metrics(struct app *app, struct evbuffer *b)
                         (unsigned long long)SUM(app, conns_h2));
     metric_plain(b, "cutover_tls_handshake_failures_total", "counter", "Downstream TLS handshakes that failed or timed out.",
                  SUM(app, tls_handshake_failures));
+    metric_plain(b, "cutover_h2_abuse_closes_total", "counter",
+                 "HTTP/2 connections ended for abuse (glitch budget exhausted, outbound queue over its cap).",
+                 SUM(app, h2_calm));
     metric_plain(b, "cutover_access_log_dropped_total", "counter", "Access-log lines dropped because stdout fell behind.",
                  SUM(app, log_dropped));
 

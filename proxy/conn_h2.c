@@ -41,6 +41,21 @@
 #define H2_CONN_WINDOW (1024 * 1024)
 #define H2_MAX_STREAMS 100
 
+/* Glitch budget (a token bucket per connection): frames that cost us work
+ * without carrying a request - PRIORITY, empty DATA without END_STREAM,
+ * invalid frames or fields, streams we had to reset ourselves (MadeYouReset,
+ * CVE-2025-8671), tiny WINDOW_UPDATEs, PING and SETTINGS beyond a few. A
+ * well-behaved client never gets near it; exhausting it ends the connection
+ * with GOAWAY ENHANCE_YOUR_CALM. */
+#define H2_GLITCH_BURST 1000.0
+#define H2_GLITCH_REFILL_PER_S 20.0
+/* WINDOW_UPDATEs smaller than this (while data waits) count as dribble. */
+#define H2_DRIBBLE_BYTES 256
+/* More queued outbound frames than this: the client is not reading. */
+#define H2_MAX_OUTBOUND_QUEUE 4096
+/* How often stalled (zero-window) streams are checked. */
+#define H2_STALL_CHECK_MS 1000
+
 struct h2conn;
 
 struct h2stream {
@@ -73,6 +88,7 @@ struct h2stream {
     struct h2stream *next_pending;
     bool pending;
     struct h2stream *prev, *next; /* all streams of the connection */
+    uint64_t last_send_ms;        /* last time response DATA moved to the client */
 };
 
 struct h2conn {
@@ -88,7 +104,33 @@ struct h2conn {
     unsigned n_streams;
     struct h2stream *pending; /* streams with want_* flags set */
     struct h2stream *streams; /* every open stream (nghttp2_session_del does not close them) */
+    double glitch_tokens;     /* see H2_GLITCH_BURST */
+    uint64_t glitch_refilled_ms;
+    uint64_t glitches;        /* total, for the log line */
+    unsigned pings, settings;
+    bool calm;                /* GOAWAY ENHANCE_YOUR_CALM sent */
+    struct event *stall;      /* zero-window reader check */
 };
+
+/* Charge `n` glitches; false when the budget is gone (GOAWAY sent). */
+static bool glitch(struct h2conn *c, const char *what, double n)
+{
+    uint64_t now = co_now_ms();
+    c->glitch_tokens += (double)(now - c->glitch_refilled_ms) * H2_GLITCH_REFILL_PER_S / 1000.0;
+    if (c->glitch_tokens > H2_GLITCH_BURST)
+        c->glitch_tokens = H2_GLITCH_BURST;
+    c->glitch_refilled_ms = now;
+    c->glitch_tokens -= n;
+    c->glitches++;
+    if (c->glitch_tokens >= 0 || c->calm)
+        return !c->calm;
+    c->calm = true;
+    METRIC_INC(c->worker->metrics.h2_calm);
+    log_warn("client %s: HTTP/2 glitch budget exhausted (%llu glitches, last: %s); GOAWAY ENHANCE_YOUR_CALM", c->client_ip,
+             (unsigned long long)c->glitches, what);
+    nghttp2_session_terminate_session(c->session, NGHTTP2_ENHANCE_YOUR_CALM);
+    return false;
+}
 
 static void schedule(struct h2conn *c)
 {
@@ -158,8 +200,10 @@ static ssize_t on_read_data(nghttp2_session *session, int32_t id, uint8_t *buf, 
     struct h2stream *st = source->ptr;
     size_t avail = evbuffer_get_length(st->resp_body);
     size_t n = avail < length ? avail : length;
-    if (n)
+    if (n) {
         evbuffer_remove(st->resp_body, buf, n);
+        st->last_send_ms = co_now_ms();
+    }
     if (st->resp_full && evbuffer_get_length(st->resp_body) < STREAM_HIGH_WATER / 2) {
         st->resp_full = false;
         st->want_writable = true;
@@ -578,6 +622,7 @@ static void begin_request(struct h2conn *c, struct h2stream *st, bool end_stream
     }
 
     if (why) {
+        glitch(c, why, 1);
         METRIC_INC(w->metrics.bad_requests);
         log_info("client %s: HTTP/2 stream %d refused with 400: %s", c->client_ip, st->id, why);
         s->has_body = false;
@@ -599,6 +644,31 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
 {
     struct h2conn *c = user;
     int32_t id = frame->hd.stream_id;
+    switch (frame->hd.type) {
+    case NGHTTP2_PRIORITY:
+        glitch(c, "PRIORITY frame", 1);
+        return 0;
+    case NGHTTP2_PING:
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) && ++c->pings > 10)
+            glitch(c, "PING frame", 1);
+        return 0;
+    case NGHTTP2_SETTINGS:
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) && ++c->settings > 10)
+            glitch(c, "SETTINGS frame", 1);
+        return 0;
+    case NGHTTP2_WINDOW_UPDATE:
+        if (frame->window_update.window_size_increment < H2_DRIBBLE_BYTES)
+            glitch(c, "tiny WINDOW_UPDATE", 1);
+        return 0;
+    case NGHTTP2_DATA:
+        if (frame->hd.length == 0 && !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+            glitch(c, "empty DATA frame", 1);
+        break;
+    case NGHTTP2_RST_STREAM:
+        return 0;
+    default:
+        break;
+    }
     struct h2stream *st = id ? nghttp2_session_get_stream_user_data(session, id) : NULL;
     if (st == NULL)
         return 0;
@@ -623,11 +693,37 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
         if (st->content_length >= 0 && st->received != (uint64_t)st->content_length) {
             /* RFC 9113 §8.1.1: malformed; never let the upstream see a short body. */
             nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, id, NGHTTP2_PROTOCOL_ERROR);
+            glitch(c, "content-length larger than DATA", 1);
             return 0;
         }
         st->want_body = true;
         mark(st);
     }
+    return 0;
+}
+
+static int on_invalid_frame(nghttp2_session *session, const nghttp2_frame *frame, int lib_error_code, void *user)
+{
+    glitch(user, nghttp2_strerror(lib_error_code), 1);
+    return 0;
+}
+
+/* Invalid regular fields are refused, never silently dropped: the stream
+ * is reset (PROTOCOL_ERROR) and the upstream sees nothing of it. */
+static int on_invalid_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
+                             const uint8_t *value, size_t valuelen, uint8_t flags, void *user)
+{
+    struct h2conn *c = user;
+    log_info("client %s: HTTP/2 stream %d: invalid header field; stream reset", c->client_ip, frame->hd.stream_id);
+    glitch(c, "invalid header field", 1);
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+}
+
+/* Frames of unknown types cost parsing and nothing else. */
+static int on_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, void *user)
+{
+    if (hd->type > NGHTTP2_CONTINUATION && hd->type != 0x10 /* PRIORITY_UPDATE */)
+        glitch(user, "unknown frame type", 1);
     return 0;
 }
 
@@ -642,6 +738,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
     if (st->content_length >= 0 && st->received > (uint64_t)st->content_length) {
         nghttp2_session_consume(session, id, len);
         nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, id, NGHTTP2_PROTOCOL_ERROR);
+        glitch(user, "DATA beyond content-length", 1);
         return 0;
     }
     evbuffer_add(st->req_body, data, len);
@@ -708,6 +805,17 @@ static void on_read(struct bufferevent *bev, void *arg)
             return;
         }
         evbuffer_drain(in, (size_t)n);
+        /* PING/SETTINGS floods from a client that does not read: the
+         * answers queue up inside nghttp2. Cap them. */
+        if (nghttp2_session_get_outbound_queue_size(c->session) > H2_MAX_OUTBOUND_QUEUE) {
+            log_warn("client %s: HTTP/2 outbound queue over %d frames (client not reading); closing", c->client_ip,
+                     H2_MAX_OUTBOUND_QUEUE);
+            METRIC_INC(c->worker->metrics.h2_calm);
+            conn_free(c);
+            return;
+        }
+        if (c->calm)
+            break; /* GOAWAY queued: read nothing more */
     }
     run_pending(c);
     if (flush_session(c) != CO_OK)
@@ -728,6 +836,37 @@ static void on_write(struct bufferevent *bev, void *arg)
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     conn_free(arg);
+}
+
+/* Zero-window readers: a stream whose response waits and has not moved for
+ * timeouts.send is reset, so a client that never opens its window cannot
+ * pin upstream work and buffers forever. */
+static void on_stall_check(evutil_socket_t fd, short what, void *arg)
+{
+    struct h2conn *c = arg;
+    uint64_t now = co_now_ms(), limit = c->worker->cfg->timeouts.send_ms;
+    bool reset = false;
+    for (struct h2stream *st = c->streams; st; st = st->next) {
+        if (st->s == NULL || evbuffer_get_length(st->resp_body) == 0)
+            continue;
+        if (st->last_send_ms == 0)
+            st->last_send_ms = now;
+        if (now - st->last_send_ms > limit &&
+            nghttp2_session_get_stream_remote_window_size(c->session, st->id) <= 0) {
+            log_info("client %s: HTTP/2 stream %d: no flow-control window for %llu ms; stream reset", c->client_ip, st->id,
+                     (unsigned long long)limit);
+            nghttp2_submit_rst_stream(c->session, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+            st->last_send_ms = now;
+            reset = true;
+            glitch(c, "zero-window stream", 10);
+        }
+    }
+    if (reset && flush_session(c) != CO_OK) {
+        conn_free(c);
+        return;
+    }
+    struct timeval tv = {H2_STALL_CHECK_MS / 1000, (H2_STALL_CHECK_MS % 1000) * 1000};
+    evtimer_add(c->stall, &tv);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -757,6 +896,7 @@ static void conn_free(struct h2conn *c)
     nghttp2_session_del(session);
     event_free(c->post);
     event_free(c->timer);
+    event_free(c->stall);
     bufferevent_free(c->bev);
     free(c);
     METRIC_SUB(w->metrics.conns_h2, 1);
@@ -791,6 +931,11 @@ void h2conn_start(struct worker *w, struct bufferevent *bev, const char *client_
     snprintf(c->client_ip, sizeof(c->client_ip), "%s", client_ip);
     c->post = event_new(w->base, -1, 0, on_post, c);
     c->timer = evtimer_new(w->base, on_timer, c);
+    c->stall = evtimer_new(w->base, on_stall_check, c);
+    c->glitch_tokens = H2_GLITCH_BURST;
+    c->glitch_refilled_ms = co_now_ms();
+    struct timeval stv = {H2_STALL_CHECK_MS / 1000, (H2_STALL_CHECK_MS % 1000) * 1000};
+    evtimer_add(c->stall, &stv);
 
     nghttp2_session_callbacks *cbs;
     nghttp2_session_callbacks_new(&cbs);
@@ -800,6 +945,9 @@ void h2conn_start(struct worker *w, struct bufferevent *bev, const char *client_
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, on_invalid_frame);
+    nghttp2_session_callbacks_set_on_invalid_header_callback(cbs, on_invalid_header);
+    nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, on_begin_frame);
 
     nghttp2_option *opt;
     nghttp2_option_new(&opt);
@@ -828,7 +976,9 @@ void h2conn_start(struct worker *w, struct bufferevent *bev, const char *client_
     bufferevent_setcb(bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(bev, EV_READ, 0, 0);
     bufferevent_setwatermark(bev, EV_WRITE, H2_OUT_HIGH / 2, 0);
-    bufferevent_set_timeouts(bev, NULL, NULL);
+    uint64_t send_ms = w->cfg->timeouts.send_ms;
+    struct timeval wtv = {(time_t)(send_ms / 1000), (suseconds_t)((send_ms % 1000) * 1000)};
+    bufferevent_set_timeouts(bev, NULL, &wtv); /* a client that stops reading entirely */
     bufferevent_enable(bev, EV_READ | EV_WRITE);
     uint64_t ms = w->cfg->timeouts.header_ms;
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};

@@ -37,6 +37,7 @@ struct metrics {
     metric_t conns_h1;            /* open downstream HTTP/1.1 connections (gauge) */
     metric_t conns_h2;            /* open downstream HTTP/2 connections (gauge) */
     metric_t tls_handshake_failures; /* downstream TLS handshakes that failed or timed out */
+    metric_t h2_calm;             /* HTTP/2 connections ended for abuse (glitch budget, outbound queue) */
 };
 
 /* Request duration histogram bounds, in microseconds (Prometheus `le` in seconds). */

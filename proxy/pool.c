@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "upstream_h1.h"
+#include "upstream_h2.h"
 #include "worker.h"
 
 static struct ep_pool *find_ep(struct pool *p, const char *cluster, const char *endpoint)
@@ -24,6 +25,9 @@ static void close_idle(struct ep_pool *ep)
 {
     while (!TAILQ_EMPTY(&ep->idle))
         upconn_free(TAILQ_FIRST(&ep->idle)); /* unlinks itself */
+#ifdef CUTOVER_H2_UPSTREAM
+    upstream_h2_close_idle(ep);
+#endif
 }
 
 struct pool *pool_new(struct worker *w, const struct config *cfg)
@@ -136,6 +140,9 @@ void pool_free(struct pool *p)
 {
     for (size_t i = 0; i < p->n_all; i++) {
         close_idle(p->all[i]);
+#ifdef CUTOVER_H2_UPSTREAM
+        upstream_h2_free_all(p->all[i]);
+#endif
         free(p->all[i]->cluster_name);
         free(p->all[i]->endpoint_name);
         free(p->all[i]);

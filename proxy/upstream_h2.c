@@ -1,0 +1,875 @@
+/*
+ * upstream_h2.c - HTTP/2 to upstream endpoints: nghttp2 client sessions kept
+ * in a worker's endpoint pools, one HTTP/2 stream per exchange.
+ *
+ * The same discipline as the downstream side (conn_h2.c):
+ *  - nghttp2 is driven only from the session's own event callbacks (read,
+ *    write, post, timers). nghttp2 callbacks only record what happened on the
+ *    per-stream object and queue it; the queued work, which calls the stream
+ *    (stream_up_*), runs after nghttp2_session_mem_recv() has returned. What
+ *    the stream calls here (send_body, resume, release) only submits frames
+ *    and schedules `post`; nothing here sends from inside a stream callback.
+ *  - A per-stream object lives as long as the exchange or its HTTP/2 stream,
+ *    whichever ends last: release() detaches it and, while the stream is still
+ *    open on the wire, sends RST_STREAM(CANCEL) and keeps the object until
+ *    on_stream_close. A session is freed only from its own event callbacks
+ *    (settle()), once no stream is left; `busy` asserts that.
+ *
+ * Requests are submitted only after the upstream's SETTINGS arrived, so its
+ * SETTINGS_MAX_CONCURRENT_STREAMS is known before the first HEADERS (nghttp2
+ * queues requests beyond it). Until then a connecting session is assumed to
+ * take H2U_MAX_STREAMS.
+ *
+ * Flow control: automatic WINDOW_UPDATEs are off. Response DATA is released
+ * from the connection window as soon as it is buffered here, and from its
+ * stream window only once the stream handed it to the downstream. A slow
+ * client so holds back its own stream at the upstream (at most one stream
+ * window, 256 KiB, waits here) without stalling the connection's other
+ * streams, which a connection window held by one slow reader would do.
+ */
+#include "upstream_h2.h"
+
+#include <assert.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "common.h"
+#include "pool.h"
+#include "stream.h"
+#include "upconnect.h"
+#include "upstream.h"
+#include "worker.h"
+
+/* Our own cap on concurrent streams per session, whatever the peer allows. */
+#define H2U_MAX_STREAMS 100
+/* Receive windows we advertise (RFC 9113 §6.9.2). */
+#define H2U_STREAM_WINDOW (256 * 1024)
+#define H2U_CONN_WINDOW (1024 * 1024)
+/* Session output queued in the socket buffer before we stop producing more. */
+#define H2U_OUT_HIGH (256 * 1024)
+/* Response head (decoded field bytes, RFC 9113 §6.5.2 accounting) refused above this: 502. */
+#define H2U_MAX_HEAD (64 * 1024)
+/* Request heads the downstream accepted (limits.max_header_bytes <= 16 MiB)
+ * are never refused by nghttp2 itself. */
+#define H2U_MAX_SEND_HEAD ((16u << 20) + 65536)
+
+struct h2session;
+
+/* Where a response field's bytes sit in h2ustream.fields_buf. */
+struct field_ref {
+    uint32_t name_off, name_len, value_off, value_len;
+};
+
+/* One exchange on a session: what the stream holds as s->up. */
+struct h2ustream {
+    struct upstream base;         /* first: the stream sees only this */
+    struct h2session *sess;       /* NULL after upstream_h2_free_all() */
+    struct stream *s;             /* NULL once released or failed */
+    TAILQ_ENTRY(h2ustream) link;  /* sess->streams */
+    int32_t id;                   /* HTTP/2 stream id, 0 before submit */
+    struct event *timer;          /* response head, then body idle timeout */
+    uint64_t timeout_ms;          /* cluster first_byte_timeout_ms (0 = none) */
+    struct evbuffer *req_body;    /* request payload not yet framed */
+    struct evbuffer *resp_body;   /* response payload not yet handed to the stream */
+    char *fields_buf;             /* response field bytes */
+    size_t fields_len, fields_cap;
+    struct field_ref *refs;
+    size_t n_refs, cap_refs;
+    size_t head_bytes;
+    int status;                   /* :status of the response being collected */
+    int64_t content_length;       /* from the response, -1 if absent */
+    uint32_t close_code;          /* RST_STREAM / GOAWAY code the stream closed with */
+    int not_sent_error;           /* nghttp2 error when the request HEADERS could not be sent */
+    bool submitted;               /* handed to nghttp2 (id valid) */
+    bool sent;                    /* request HEADERS went out */
+    bool got_frame;               /* the upstream sent something on this stream */
+    bool reused_idle;             /* attached to a session that was idle after earlier exchanges */
+    bool req_eof;                 /* whole request body queued */
+    bool req_deferred;            /* data provider returned NGHTTP2_ERR_DEFERRED */
+    bool req_high;                /* req_body went above half the high-water mark */
+    bool want_writable;           /* tell the stream it may send more body */
+    bool in_trailers;             /* the HEADERS being received are trailers */
+    bool head_ready;              /* final response head received */
+    bool head_sent;               /* ... and handed to the stream */
+    bool head_bad;                /* response head refused (too large, 101) */
+    bool resp_eof;                /* END_STREAM received */
+    bool closed;                  /* nghttp2 closed the stream */
+    bool paused;                  /* downstream full: deliver nothing until resume */
+    bool timed_out;
+    bool in_process;              /* process() is running for it: free later */
+    bool queued;                  /* in sess->pending */
+    struct h2ustream *next_pending;
+};
+
+/* One HTTP/2 connection to an endpoint. */
+struct h2session {
+    LIST_ENTRY(h2session) link;   /* ep->h2_sessions */
+    struct worker *worker;
+    struct ep_pool *ep;
+    struct upconnect *connecting; /* TCP/TLS setup under way */
+    struct bufferevent *bev;      /* NULL while connecting and once dead */
+    nghttp2_session *ngh;         /* NULL once dead */
+    struct event *post;           /* deferred work: queued streams, output */
+    struct event *idle_timer;
+    TAILQ_HEAD(, h2ustream) streams; /* every per-stream object on it */
+    unsigned n_streams;
+    struct h2ustream *pending;    /* streams with work queued */
+    unsigned busy;                /* our code is running inside it: do not free */
+    unsigned long exchanges;      /* requests submitted */
+    bool tls;                     /* cluster TLS: :scheme https */
+    bool auto_proto;              /* protocol: auto (ALPN may say http/1.1 now) */
+    bool ready;                   /* connected and the peer's SETTINGS arrived */
+    bool draining;                /* no new streams (GOAWAY either way, ids exhausted) */
+    bool closing;                 /* GOAWAY sent because idle: free once written */
+    bool dead;                    /* connection gone: free once the streams are done */
+    char addr[64];                /* "ip:port", "" while connecting */
+};
+
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_write(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
+static void on_post(evutil_socket_t fd, short what, void *arg);
+static void on_idle(evutil_socket_t fd, short what, void *arg);
+static void on_stream_timer(evutil_socket_t fd, short what, void *arg);
+static void up_send_body(struct upstream *u, struct evbuffer *buf, bool eof);
+static size_t up_pending(struct upstream *u);
+static void up_resume(struct upstream *u);
+static void up_release(struct upstream *u, bool reusable);
+static int settle(struct h2session *sess);
+
+static const struct upstream_ops h2u_ops = {
+    .send_body = up_send_body,
+    .pending = up_pending,
+    .resume = up_resume,
+    .release = up_release,
+};
+
+static void arm(struct event *ev, uint64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    evtimer_add(ev, &tv);
+}
+
+static void schedule(struct h2session *sess)
+{
+    event_active(sess->post, EV_TIMEOUT, 1);
+}
+
+/* Queue st for process() in the next run_pending(). */
+static void mark(struct h2ustream *st)
+{
+    struct h2session *sess = st->sess;
+    if (sess == NULL)
+        return;
+    if (!st->queued) {
+        st->queued = true;
+        st->next_pending = sess->pending;
+        sess->pending = st;
+    }
+    schedule(sess);
+}
+
+/* ---- per-stream objects ---- */
+
+static struct h2ustream *h2ustream_new(struct h2session *sess, struct stream *s)
+{
+    struct h2ustream *st = co_calloc(1, sizeof(*st));
+    st->base.ops = &h2u_ops;
+    st->sess = sess;
+    st->s = s;
+    st->req_body = evbuffer_new();
+    st->resp_body = evbuffer_new();
+    st->content_length = -1;
+    st->timeout_ms = s->cluster->first_byte_timeout_ms;
+    st->timer = evtimer_new(sess->worker->base, on_stream_timer, st);
+    st->reused_idle = sess->exchanges > 0 && sess->n_streams == 0;
+    TAILQ_INSERT_TAIL(&sess->streams, st, link);
+    sess->n_streams++;
+    s->up = &st->base;
+    if (sess->addr[0])
+        snprintf(s->endpoint, sizeof(s->endpoint), "%s", sess->addr);
+    return st;
+}
+
+static void h2ustream_free(struct h2ustream *st)
+{
+    struct h2session *sess = st->sess;
+    if (sess) {
+        if (st->queued) {
+            struct h2ustream **pp = &sess->pending;
+            while (*pp && *pp != st)
+                pp = &(*pp)->next_pending;
+            if (*pp)
+                *pp = st->next_pending;
+        }
+        TAILQ_REMOVE(&sess->streams, st, link);
+        sess->n_streams--;
+        if (sess->ngh && st->submitted && !st->closed)
+            nghttp2_session_set_stream_user_data(sess->ngh, st->id, NULL);
+    }
+    if (st->timer)
+        event_free(st->timer);
+    evbuffer_free(st->req_body);
+    evbuffer_free(st->resp_body);
+    free(st->fields_buf);
+    free(st->refs);
+    free(st);
+}
+
+/* Can a detached st go now? Not while its HTTP/2 stream is open: nghttp2
+ * still points at it (user data, data provider) until on_stream_close. */
+static bool can_free(const struct h2ustream *st)
+{
+    return st->sess == NULL || st->sess->ngh == NULL || !st->submitted || st->closed;
+}
+
+/* The exchange is over for st (released or failed): stop the stream on the
+ * wire if it is still open, and free st when nghttp2 is done with it. */
+static void detach(struct h2ustream *st)
+{
+    struct h2session *sess = st->sess;
+    st->s = NULL;
+    if (st->timer)
+        evtimer_del(st->timer);
+    if (sess && sess->ngh && st->submitted && !st->closed) {
+        /* A client reset or an abandoned exchange cancels upstream work at
+         * once (RFC 9113 §8.7: CANCEL). */
+        nghttp2_submit_rst_stream(sess->ngh, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+        schedule(sess);
+    }
+    evbuffer_drain(st->req_body, evbuffer_get_length(st->req_body));
+    evbuffer_drain(st->resp_body, evbuffer_get_length(st->resp_body));
+    if (!can_free(st)) {
+        return; /* freed on close */
+    }
+    if (st->in_process) {
+        return; /* process() frees it when it returns */
+    }
+    h2ustream_free(st);
+    if (sess)
+        schedule(sess); /* the session may now be idle */
+}
+
+/* Detach st from its stream and report a failure to the stream. */
+static void fail(struct h2ustream *st, int status, const char *why, bool retryable)
+{
+    struct stream *s = st->s;
+    if (s == NULL)
+        return;
+    detach(st);
+    s->up = NULL;
+    stream_up_failed(s, status, why, retryable);
+}
+
+/* ---- request ---- */
+
+static bool skip_request_field(const struct h1_header *f)
+{
+    if (h1_is_hop_by_hop(f->name, f->name_len))
+        return true; /* RFC 9113 §8.2.2: connection-specific fields are malformed in HTTP/2 */
+    switch (f->name_len) {
+    case 4:
+        return co_strieq(f->name, 4, "host"); /* :authority carries it (RFC 9113 §8.3.1) */
+    case 14:
+        return co_strieq(f->name, 14, "content-length");
+    default:
+        return false;
+    }
+}
+
+/* X-Forwarded-* / Via / X-Request-Id: replaced by the proxy's own values. */
+static int proxy_field(const struct h1_header *f)
+{
+    switch (f->name_len) {
+    case 3:
+        return co_strieq(f->name, 3, "via") ? 3 : 0;
+    case 12:
+        return co_strieq(f->name, 12, "x-request-id") ? 12 : 0;
+    case 15:
+        return co_strieq(f->name, 15, "x-forwarded-for") ? 15 : 0;
+    case 16:
+        return co_strieq(f->name, 16, "x-forwarded-host") ? 16 : 0;
+    case 17:
+        return co_strieq(f->name, 17, "x-forwarded-proto") ? 17 : 0;
+    default:
+        return 0;
+    }
+}
+
+static nghttp2_nv nv(const char *name, size_t name_len, const char *value, size_t value_len)
+{
+    return (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, name_len, value_len, NGHTTP2_NV_FLAG_NONE};
+}
+
+#define NV_LIT(name, value, value_len) nv(name, sizeof(name) - 1, value, value_len)
+
+static ssize_t on_read_body(nghttp2_session *session, int32_t id, uint8_t *buf, size_t length, uint32_t *flags,
+                            nghttp2_data_source *source, void *user)
+{
+    struct h2ustream *st = source->ptr;
+    if (st->s == NULL) {
+        /* Released: RST_STREAM is queued and will close the stream. */
+        st->req_deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    size_t avail = evbuffer_get_length(st->req_body);
+    size_t n = avail < length ? avail : length;
+    if (n)
+        evbuffer_remove(st->req_body, buf, n);
+    if (st->req_high && evbuffer_get_length(st->req_body) < STREAM_HIGH_WATER / 2) {
+        st->req_high = false;
+        st->want_writable = true;
+        mark(st);
+    }
+    if (evbuffer_get_length(st->req_body) == 0) {
+        if (st->req_eof) {
+            *flags |= NGHTTP2_DATA_FLAG_EOF;
+            return (ssize_t)n;
+        }
+        if (n == 0) {
+            st->req_deferred = true;
+            return NGHTTP2_ERR_DEFERRED;
+        }
+    }
+    return (ssize_t)n;
+}
+
+/* Hand st's request to nghttp2: pseudo-headers, the client's end-to-end
+ * fields (lowercased, RFC 9113 §8.2.1) and the proxy's fields, as
+ * upstream_h1.c's write_head does. Returns CO_OK or CO_ERROR (*why set). */
+static int submit(struct h2session *sess, struct h2ustream *st, const char **why)
+{
+    struct stream *s = st->s;
+    const struct cluster_conf *cl = s->cluster;
+    size_t cap = s->n_fields + 12;
+    nghttp2_nv *nva = co_malloc(cap * sizeof(*nva));
+    size_t names_len = 0;
+    for (size_t i = 0; i < s->n_fields; i++)
+        names_len += s->fields[i].name_len;
+    char *names = co_malloc(names_len + 1);
+    struct evbuffer *scratch = evbuffer_new();
+    const char *xff = NULL, *via = NULL;
+    size_t xff_len = 0, via_len = 0, k = 0, off = 0;
+
+    const char *authority = cl->host ? cl->host : s->host;
+    size_t authority_len = cl->host ? strlen(cl->host) : s->host_len;
+    if (authority == NULL || authority_len == 0) {
+        authority = sess->ep->endpoint_name;
+        authority_len = strlen(authority);
+    }
+    nva[k++] = NV_LIT(":method", s->method, s->method_len);
+    nva[k++] = sess->tls ? NV_LIT(":scheme", "https", 5) : NV_LIT(":scheme", "http", 4);
+    nva[k++] = NV_LIT(":authority", authority, authority_len);
+    nva[k++] = NV_LIT(":path", s->target, s->target_len);
+    for (size_t i = 0; i < s->n_fields; i++) {
+        const struct h1_header *f = &s->fields[i];
+        if (skip_request_field(f))
+            continue;
+        int which = proxy_field(f);
+        if (which == 15 && xff == NULL) {
+            xff = f->value;
+            xff_len = f->value_len;
+        } else if (which == 3 && via == NULL) {
+            via = f->value;
+            via_len = f->value_len;
+        }
+        if (which)
+            continue;
+        for (size_t j = 0; j < f->name_len; j++) {
+            char ch = f->name[j];
+            names[off + j] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+        }
+        nva[k++] = nv(names + off, f->name_len, f->value, f->value_len);
+        off += f->name_len;
+    }
+    /* RFC 9113 §8.2.2: "te" may only say "trailers" (gRPC needs it). */
+    if (s->te_trailers)
+        nva[k++] = NV_LIT("te", "trailers", 8);
+
+    /* The proxy's values go into one scratch buffer; offsets are taken
+     * after it is complete (an evbuffer may move its bytes while growing). */
+    size_t xff_off = evbuffer_get_length(scratch);
+    if (xff_len) {
+        evbuffer_add(scratch, xff, xff_len);
+        ADD_LIT(scratch, ", ");
+    }
+    evbuffer_add(scratch, s->client_ip, strlen(s->client_ip));
+    size_t via_off = evbuffer_get_length(scratch);
+    if (via_len) {
+        evbuffer_add(scratch, via, via_len);
+        ADD_LIT(scratch, ", ");
+    }
+    /* RFC 9110 §7.6.3: received-protocol, then our pseudonym. */
+    const char *me = s->version_minor == 0 ? "1.0 cutover" : (s->proto[5] == '2' ? "2 cutover" : "1.1 cutover");
+    evbuffer_add(scratch, me, strlen(me));
+    size_t cl_off = evbuffer_get_length(scratch);
+    bool send_cl = s->has_body && s->content_length >= 0;
+    if (send_cl)
+        evbuffer_add_printf(scratch, "%lld", (long long)s->content_length);
+    size_t end = evbuffer_get_length(scratch);
+    const char *p = (const char *)evbuffer_pullup(scratch, -1);
+    nva[k++] = NV_LIT("x-forwarded-for", p + xff_off, via_off - xff_off);
+    nva[k++] = s->tls ? NV_LIT("x-forwarded-proto", "https", 5) : NV_LIT("x-forwarded-proto", "http", 4);
+    nva[k++] = NV_LIT("x-forwarded-host", s->host ? s->host : "", s->host ? s->host_len : 0);
+    nva[k++] = NV_LIT("via", p + via_off, cl_off - via_off);
+    nva[k++] = NV_LIT("x-request-id", s->request_id, strlen(s->request_id));
+    if (send_cl)
+        nva[k++] = NV_LIT("content-length", p + cl_off, end - cl_off);
+    assert(k <= cap);
+
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = on_read_body};
+    int32_t id = nghttp2_submit_request(sess->ngh, NULL, nva, k, s->has_body ? &prd : NULL, st);
+    evbuffer_free(scratch);
+    free(names);
+    free(nva);
+    if (id < 0) {
+        *why = nghttp2_strerror(id);
+        return CO_ERROR;
+    }
+    st->id = id;
+    st->submitted = true;
+    sess->exchanges++;
+    if (!s->has_body)
+        st->req_eof = true;
+    return CO_OK;
+}
+
+/* ---- stream ops ---- */
+
+static void up_send_body(struct upstream *u, struct evbuffer *buf, bool eof)
+{
+    struct h2ustream *st = (struct h2ustream *)u;
+    struct h2session *sess = st->sess;
+    if (buf && evbuffer_get_length(buf))
+        evbuffer_add_buffer(st->req_body, buf);
+    if (eof)
+        st->req_eof = true;
+    if (evbuffer_get_length(st->req_body) >= STREAM_HIGH_WATER / 2)
+        st->req_high = true;
+    if (sess == NULL || sess->ngh == NULL)
+        return;
+    if (st->req_deferred && st->submitted && !st->closed) {
+        st->req_deferred = false;
+        nghttp2_session_resume_data(sess->ngh, st->id);
+    }
+    schedule(sess);
+}
+
+static size_t up_pending(struct upstream *u)
+{
+    struct h2ustream *st = (struct h2ustream *)u;
+    return evbuffer_get_length(st->req_body);
+}
+
+static void up_resume(struct upstream *u)
+{
+    struct h2ustream *st = (struct h2ustream *)u;
+    if (!st->paused)
+        return;
+    st->paused = false;
+    if (st->timeout_ms && !st->resp_eof)
+        arm(st->timer, st->timeout_ms);
+    mark(st);
+}
+
+static void up_release(struct upstream *u, bool reusable)
+{
+    /* The session's reuse does not depend on one stream: a stream that did
+     * not end cleanly is reset on its own (detach). */
+    detach((struct h2ustream *)u);
+}
+
+/* ---- delivering to the stream (outside nghttp2 callbacks) ---- */
+
+static void deliver_head(struct h2ustream *st)
+{
+    struct stream *s = st->s;
+    struct h1_header *fields = co_malloc((st->n_refs ? st->n_refs : 1) * sizeof(*fields));
+    for (size_t i = 0; i < st->n_refs; i++) {
+        const struct field_ref *r = &st->refs[i];
+        fields[i].name = st->fields_buf + r->name_off;
+        fields[i].name_len = r->name_len;
+        fields[i].value = st->fields_buf + r->value_off;
+        fields[i].value_len = r->value_len;
+    }
+    int64_t cl = st->content_length;
+    if (st->status == 204 || st->status == 304)
+        cl = -1;
+    st->head_sent = true;
+    stream_up_head(s, st->status, fields, st->n_refs, cl);
+    free(fields);
+}
+
+/* Why a stream that closed before its response ended failed, and whether
+ * the exchange may be retried (RFC 9113 §8.7: REFUSED_STREAM means the
+ * request was not processed; so does a HEADERS that never went out). */
+static void fail_closed(struct h2session *sess, struct h2ustream *st)
+{
+    char why[240];
+    struct stream *s = st->s;
+    bool retry = false;
+    if (st->head_sent) {
+        snprintf(why, sizeof(why), "upstream %s reset the stream in the response body (%s)", sess->addr,
+                 nghttp2_http2_strerror(st->close_code));
+    } else if (st->head_bad) {
+        stream_up_count(sess->worker, s, UPC_BAD_RESPONSE);
+        snprintf(why, sizeof(why), "response head from %s refused: %s", sess->addr,
+                 st->status == 101 ? "101 is not allowed in HTTP/2" : "larger than 64 KiB or too many fields");
+    } else if (st->not_sent_error && st->not_sent_error != NGHTTP2_ERR_START_STREAM_NOT_ALLOWED) {
+        snprintf(why, sizeof(why), "request to %s could not be sent: %s", sess->addr, nghttp2_strerror(st->not_sent_error));
+    } else if (st->close_code == NGHTTP2_REFUSED_STREAM) {
+        retry = true;
+        snprintf(why, sizeof(why), "upstream %s refused the stream (%s)", sess->addr,
+                 st->sent ? "REFUSED_STREAM or beyond GOAWAY's last stream" : "GOAWAY before it was sent");
+    } else {
+        stream_up_count(sess->worker, s, UPC_BAD_RESPONSE);
+        snprintf(why, sizeof(why), "upstream %s reset the stream before the response head (%s)", sess->addr,
+                 nghttp2_http2_strerror(st->close_code));
+    }
+    fail(st, 502, why, retry);
+}
+
+/* Run what nghttp2 callbacks and stream ops queued for st. */
+static void process(struct h2session *sess, struct h2ustream *st)
+{
+    char why[200];
+    st->in_process = true;
+    if (st->s == NULL)
+        goto out;
+    if (!st->submitted) {
+        const char *err = NULL;
+        if (!sess->ready)
+            goto out; /* connecting, or waiting for the peer's SETTINGS */
+        if (submit(sess, st, &err) != CO_OK) {
+            snprintf(why, sizeof(why), "cannot start an HTTP/2 stream to %s: %s", sess->addr, err);
+            sess->draining = true;
+            fail(st, 502, why, true);
+            goto out;
+        }
+        stream_up_connected(st->s); /* may send body, or release st */
+        if (st->s == NULL)
+            goto out;
+    }
+    if (st->timed_out) {
+        stream_up_count(sess->worker, st->s, UPC_TIMEOUT);
+        snprintf(why, sizeof(why), "%s from %s timed out after %llu ms", st->head_sent ? "response body" : "response head",
+                 sess->addr, (unsigned long long)st->timeout_ms);
+        fail(st, 504, why, false);
+        goto out;
+    }
+    if (st->closed && !st->resp_eof) {
+        fail_closed(sess, st);
+        goto out;
+    }
+    if (st->head_ready && !st->head_sent) {
+        deliver_head(st);
+        if (st->s == NULL)
+            goto out;
+    }
+    if (st->head_sent && !st->paused) {
+        size_t n = evbuffer_get_length(st->resp_body);
+        if (n) {
+            bool more = stream_up_data(st->s, st->resp_body);
+            /* Delivered: the upstream may send this much more on the stream. */
+            if (sess->ngh && !st->closed) {
+                nghttp2_session_consume_stream(sess->ngh, st->id, n);
+                schedule(sess);
+            }
+            if (!more) {
+                st->paused = true;
+                evtimer_del(st->timer); /* the client is slow, not the upstream */
+            }
+            if (st->s == NULL)
+                goto out;
+        }
+    }
+    if (st->head_sent && st->resp_eof && evbuffer_get_length(st->resp_body) == 0) {
+        evtimer_del(st->timer);
+        stream_up_end(st->s); /* releases st */
+        goto out;
+    }
+    if (st->want_writable) {
+        st->want_writable = false;
+        stream_up_writable(st->s);
+    }
+out:
+    st->in_process = false;
+    if (st->s == NULL && can_free(st))
+        h2ustream_free(st);
+}
+
+static void run_pending(struct h2session *sess)
+{
+    sess->busy++;
+    while (sess->pending) {
+        struct h2ustream *st = sess->pending;
+        sess->pending = st->next_pending;
+        st->queued = false;
+        st->next_pending = NULL;
+        process(sess, st);
+    }
+    sess->busy--;
+}
+
+/* ---- nghttp2 callbacks: record and queue only ---- */
+
+static struct h2ustream *stream_of(nghttp2_session *ngh, int32_t id)
+{
+    return id > 0 ? nghttp2_session_get_stream_user_data(ngh, id) : NULL;
+}
+
+static int on_begin_headers(nghttp2_session *ngh, const nghttp2_frame *frame, void *user)
+{
+    struct h2ustream *st = stream_of(ngh, frame->hd.stream_id);
+    if (st == NULL || frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    st->got_frame = true;
+    if (st->head_ready) {
+        st->in_trailers = true; /* not forwarded (yet) */
+        return 0;
+    }
+    /* A new (final or interim) response head: start collecting afresh. */
+    st->n_refs = 0;
+    st->fields_len = 0;
+    st->head_bytes = 0;
+    st->status = 0;
+    st->content_length = -1;
+    return 0;
+}
+
+static void keep_bytes(struct h2ustream *st, const uint8_t *p, size_t n, uint32_t *off)
+{
+    if (st->fields_len + n > st->fields_cap) {
+        size_t cap = st->fields_cap ? st->fields_cap : 1024;
+        while (cap < st->fields_len + n)
+            cap *= 2;
+        st->fields_buf = co_realloc(st->fields_buf, cap);
+        st->fields_cap = cap;
+    }
+    memcpy(st->fields_buf + st->fields_len, p, n);
+    *off = (uint32_t)st->fields_len;
+    st->fields_len += n;
+}
+
+static int on_header(nghttp2_session *ngh, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
+                     const uint8_t *value, size_t valuelen, uint8_t flags, void *user)
+{
+    struct h2ustream *st = stream_of(ngh, frame->hd.stream_id);
+    if (st == NULL || st->in_trailers || st->s == NULL)
+        return 0;
+    st->head_bytes += namelen + valuelen + 32;
+    if (st->head_bytes > H2U_MAX_HEAD || st->n_refs >= H1_MAX_HEADERS) {
+        st->head_bad = true;
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets the stream */
+    }
+    if (namelen > 0 && name[0] == ':') {
+        /* nghttp2 checked the pseudo-headers (RFC 9113 §8.3.2). */
+        if (namelen == 7 && memcmp(name, ":status", 7) == 0 && valuelen == 3)
+            st->status = (value[0] - '0') * 100 + (value[1] - '0') * 10 + (value[2] - '0');
+        return 0;
+    }
+    if (namelen == 14 && memcmp(name, "content-length", 14) == 0) {
+        /* Validated by nghttp2, which also checks it against the DATA. */
+        int64_t v = 0;
+        for (size_t i = 0; i < valuelen && i < 18; i++)
+            v = v * 10 + (value[i] - '0');
+        st->content_length = v;
+        return 0;
+    }
+    if (h1_is_hop_by_hop((const char *)name, namelen))
+        return 0;
+    if (st->n_refs == st->cap_refs) {
+        st->cap_refs = st->cap_refs ? st->cap_refs * 2 : 16;
+        st->refs = co_realloc(st->refs, st->cap_refs * sizeof(*st->refs));
+    }
+    struct field_ref *r = &st->refs[st->n_refs++];
+    keep_bytes(st, name, namelen, &r->name_off);
+    r->name_len = (uint32_t)namelen;
+    keep_bytes(st, value, valuelen, &r->value_off);
+    r->value_len = (uint32_t)valuelen;
+    return 0;
+}
+
+static int on_frame_recv(nghttp2_session *ngh, const nghttp2_frame *frame, void *user)
+{
+    struct h2session *sess = user;
+    switch (frame->hd.type) {
+    case NGHTTP2_SETTINGS:
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) && !sess->ready) {
+            /* The server's preface: its stream limit is known now. */
+            sess->ready = true;
+            struct h2ustream *st;
+            TAILQ_FOREACH(st, &sess->streams, link)
+            mark(st);
+        }
+        return 0;
+    case NGHTTP2_GOAWAY:
+        /* nghttp2 closes the streams above last_stream_id with
+         * REFUSED_STREAM (never processed: retried); the rest finish. */
+        if (!sess->draining)
+            log_info("upstream %s (cluster %s) sent GOAWAY (last stream %d, %s); no new streams on this connection", sess->addr,
+                     sess->ep->cluster_name, frame->goaway.last_stream_id, nghttp2_http2_strerror(frame->goaway.error_code));
+        sess->draining = true;
+        return 0;
+    case NGHTTP2_HEADERS:
+    case NGHTTP2_DATA:
+        break;
+    default:
+        return 0;
+    }
+    struct h2ustream *st = stream_of(ngh, frame->hd.stream_id);
+    if (st == NULL)
+        return 0;
+    st->got_frame = true;
+    if (frame->hd.type == NGHTTP2_HEADERS && !st->in_trailers && !st->head_ready) {
+        if (st->status >= 200) {
+            st->head_ready = true;
+            /* Past the head, the same timeout guards a stalled body (as upstream_h1.c). */
+            if (st->timeout_ms)
+                arm(st->timer, st->timeout_ms);
+        } else if (st->status == 101) {
+            st->head_bad = true;
+            nghttp2_submit_rst_stream(ngh, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_PROTOCOL_ERROR);
+        }
+        /* 100 (we answered the client ourselves) and other interim
+         * responses (102, 103) are dropped. */
+    }
+    if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
+        st->resp_eof = st->head_ready;
+        evtimer_del(st->timer);
+    }
+    mark(st);
+    return 0;
+}
+
+static int on_data_chunk(nghttp2_session *ngh, uint8_t flags, int32_t id, const uint8_t *data, size_t len, void *user)
+{
+    struct h2ustream *st = stream_of(ngh, id);
+    if (st == NULL || st->s == NULL) {
+        nghttp2_session_consume(ngh, id, len); /* nobody wants it */
+        return 0;
+    }
+    st->got_frame = true;
+    evbuffer_add(st->resp_body, data, len);
+    /* Buffered: the connection window reopens now, the stream's once delivered. */
+    nghttp2_session_consume_connection(ngh, len);
+    if (st->timeout_ms && !st->paused)
+        arm(st->timer, st->timeout_ms);
+    mark(st);
+    return 0;
+}
+
+static int on_frame_send(nghttp2_session *ngh, const nghttp2_frame *frame, void *user)
+{
+    if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        struct h2ustream *st = stream_of(ngh, frame->hd.stream_id);
+        if (st)
+            st->sent = true;
+    }
+    return 0;
+}
+
+static int on_frame_not_send(nghttp2_session *ngh, const nghttp2_frame *frame, int lib_error, void *user)
+{
+    if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        /* nghttp2 closes the stream next (on_stream_close). */
+        struct h2ustream *st = stream_of(ngh, frame->hd.stream_id);
+        if (st)
+            st->not_sent_error = lib_error;
+    }
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *ngh, int32_t id, uint32_t error_code, void *user)
+{
+    struct h2ustream *st = stream_of(ngh, id);
+    if (st == NULL)
+        return 0;
+    st->closed = true;
+    st->close_code = error_code;
+    mark(st);
+    return 0;
+}
+
+static ssize_t on_send_unused(nghttp2_session *ngh, const uint8_t *data, size_t length, int flags, void *user)
+{
+    return NGHTTP2_ERR_CALLBACK_FAILURE; /* we use mem_send */
+}
+
+/* ---- sessions ---- */
+
+static struct h2session *session_new(struct worker *w, struct ep_pool *ep, const struct cluster_conf *cl)
+{
+    struct h2session *sess = co_calloc(1, sizeof(*sess));
+    sess->worker = w;
+    sess->ep = ep;
+    sess->tls = cl->tls.enabled;
+    sess->auto_proto = cl->protocol == CLUSTER_PROTO_AUTO;
+    TAILQ_INIT(&sess->streams);
+    sess->post = event_new(w->base, -1, 0, on_post, sess);
+    sess->idle_timer = evtimer_new(w->base, on_idle, sess);
+
+    nghttp2_session_callbacks *cbs;
+    nghttp2_session_callbacks_new(&cbs);
+    nghttp2_session_callbacks_set_send_callback(cbs, on_send_unused);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+
+    nghttp2_option *opt;
+    nghttp2_option_new(&opt);
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    /* Until the server's SETTINGS say otherwise (RFC 9113 §6.5.2 leaves it
+     * unlimited; we assume our own cap). */
+    nghttp2_option_set_peer_max_concurrent_streams(opt, H2U_MAX_STREAMS);
+    nghttp2_option_set_max_send_header_block_length(opt, H2U_MAX_SEND_HEAD);
+    /* Abuse limits nghttp2 1.52 enforces when asked (as conn_h2.c). */
+    nghttp2_option_set_max_outbound_ack(opt, 1000);
+    nghttp2_option_set_max_settings(opt, 32);
+    nghttp2_option_set_max_continuations(opt, 8);
+    nghttp2_session_client_new2(&sess->ngh, cbs, sess, opt);
+    nghttp2_option_del(opt);
+    nghttp2_session_callbacks_del(cbs);
+
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2U_STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, H2U_MAX_HEAD},
+    };
+    nghttp2_submit_settings(sess->ngh, NGHTTP2_FLAG_NONE, iv, CO_ARRAY_SIZE(iv));
+    nghttp2_session_set_local_window_size(sess->ngh, NGHTTP2_FLAG_NONE, 0, H2U_CONN_WINDOW);
+
+    LIST_INSERT_HEAD(&ep->h2_sessions, sess, link);
+    ep->n_h2_sessions++;
+    return sess;
+}
+
+/* Free now. The session has no stream left, or (worker exit) its streams
+ * were detached by the caller. */
+static void session_free(struct h2session *sess)
+{
+    assert(sess->busy == 0);
+    assert(sess->n_streams == 0);
+    LIST_REMOVE(sess, link);
+    sess->ep->n_h2_sessions--;
+    if (sess->connecting)
+        upconnect_cancel(sess->connecting);
+    if (sess->ngh)
+        nghttp2_session_del(sess->ngh);
+    if (sess->bev)
+        bufferevent_free(sess->bev);
+    event_free(sess->post);
+    event_free(sess->idle_timer);
+    free(sess);
+}
+
