@@ -288,7 +288,7 @@ class Proxy:
         self.stdout_path = os.path.join(workdir, f"{name}-{id(self)}.access.jsonl")
         self.stderr_path = os.path.join(workdir, f"{name}-{id(self)}.stderr")
         self.env = dict(os.environ)
-        self.env.setdefault("CUTOVER_OVERRIDE_SECRET", OVERRIDE_SECRET)
+        self.env["CUTOVER_OVERRIDE_SECRET"] = OVERRIDE_SECRET
         if env:
             self.env.update(env)
         self.args = list(args)
@@ -719,3 +719,37 @@ def procs(workdir):
 
 def pytest_report_header(config):
     return [f"cutover: {CUTOVER_BIN}", f"mock-upstream: {MOCK_BIN}", f"sanitize: {SANITIZE}"]
+
+
+# ---------------------------------------------------------------- listeners (TLS, several ports)
+
+
+def with_listeners(text, listeners):
+    """Replace the `listen:` block of a render_config() text by `listeners`,
+    a list of dicts in the config's own shape, e.g.
+    [{"address": "127.0.0.1:8443", "tls": {"certs": [{"cert": F, "key": F}]}}].
+    Proxy waits for the first listener only: make it the render's port and
+    wait for the others with wait_listening()."""
+    head = "listen:\n"
+    start = text.index(head)
+    end = start + len(head)
+    lines = text[end:].split("\n")
+    n = 0
+    while n < len(lines) and lines[n].startswith("  "):
+        n += 1
+    block = "".join("  - " + _flow(entry) + "\n" for entry in listeners)
+    return text[:end] + block + "\n".join(lines[n:])
+
+
+def wait_listening(port, timeout=10):
+    """Poll until a TCP connect to 127.0.0.1:port succeeds (the connection is
+    closed at once, without a byte sent)."""
+
+    def up():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(up, timeout, what=f"a listener on 127.0.0.1:{port}")

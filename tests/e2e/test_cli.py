@@ -84,13 +84,6 @@ def test_check_valid_config(tmp_path):
     assert res.returncode == 0, res.stderr
 
 
-def test_check_demo_config():
-    demo = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                        "config", "examples", "demo.yaml")
-    res = run(["--check", "-c", demo])
-    assert res.returncode == 0, res.stderr
-
-
 def test_check_unknown_key(tmp_path):
     text = GOOD.replace("{ cluster: aws, weight: 90 }", "{ cluster: aws, wieght: 90 }")
     path = write(tmp_path, text)
