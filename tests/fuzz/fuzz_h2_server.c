@@ -15,7 +15,10 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,19 +30,32 @@
 #include "proxy/conn_h2.h"
 #include "proxy/worker.h"
 
-static const char yaml[] = "workers: 1\n"
-                           "listen: [ { address: 127.0.0.1:0 } ]\n"
+static const char yaml_fmt[] = "workers: 1\n"
+                           "listen: [ { address: 127.0.0.1:%u } ]\n"
                            "timeouts: { header: 1s, idle: 1s, send: 1s }\n"
                            "clusters: [ { name: up, endpoints: [ 127.0.0.1:9 ], connect_timeout: 50ms } ]\n"
                            "routes: [ { name: r, match: { host: upstream.invalid }, split: [ { cluster: up, weight: 1 } ] } ]\n";
 
 static struct worker *w;
 
+/* A free loopback port for the (unused) listener the worker insists on. */
+static unsigned free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || getsockname(fd, (struct sockaddr *)&a, &len) != 0)
+        abort();
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
 static void setup(void)
 {
-    char err[512];
+    char err[512], yaml[1024];
     struct config *cfg = NULL;
-    if (config_load_buffer("fuzz.yaml", yaml, sizeof(yaml) - 1, &cfg, err, sizeof(err)) != 0) {
+    int n = snprintf(yaml, sizeof(yaml), yaml_fmt, free_port());
+    if (config_load_buffer("fuzz.yaml", yaml, (size_t)n, &cfg, err, sizeof(err)) != 0) {
         fprintf(stderr, "fuzz config: %s\n", err);
         abort();
     }
@@ -73,7 +89,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         struct evbuffer *in = bufferevent_get_input(pair[1]);
         evbuffer_drain(in, evbuffer_get_length(in));
     }
-    /* The client goes away: everything must be released. */
+    /* The client goes away (EOF to the proxy side): everything must be released. */
+    bufferevent_flush(pair[1], EV_WRITE, BEV_FINISHED);
     bufferevent_free(pair[1]);
     for (int i = 0; i < 10000 && w->n_conns > 0; i++)
         event_base_loop(w->base, EVLOOP_ONCE);
