@@ -470,6 +470,21 @@ static int parse_head(struct upconn *c)
         c->remaining = c->body_kind == H1_BODY_LENGTH ? (uint64_t)resp.msg.content_length : 0;
         if (c->body_kind == H1_BODY_LENGTH && c->remaining == 0)
             c->body_kind = H1_BODY_NONE;
+        /* We send one request at a time, so nothing may follow the response
+         * on this connection. Bytes already here beyond its framing (a 204 or
+         * 304 with a body, a body longer than its Content-Length) mean the
+         * upstream frames differently than we read: refuse it whole (502)
+         * before anything reaches the client (RFC 9112 §6.3). */
+        size_t after = avail - (size_t)r;
+        if ((c->body_kind == H1_BODY_NONE && after > 0 && !s->is_head) ||
+            (c->body_kind == H1_BODY_LENGTH && after > c->remaining)) {
+            char why[200];
+            snprintf(why, sizeof(why), "response from %s has %zu bytes beyond its framing (status %d)", c->addr,
+                     c->body_kind == H1_BODY_NONE ? after : after - (size_t)c->remaining, resp.status);
+            stream_up_count(c->worker, s, UPC_BAD_RESPONSE);
+            fail(c, 502, why, false);
+            return CO_ERROR;
+        }
         /* Filter in place: fields are end-to-end only. */
         struct h1_header *f = resp.msg.headers;
         size_t k = 0;
