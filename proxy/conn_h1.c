@@ -653,8 +653,11 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         bufferevent_enable(bev, EV_WRITE);
         return;
     }
-    if ((what & BEV_EVENT_EOF) && c->state == ST_STREAM && c->body_eof && c->stream && !c->stream_done) {
-        /* The client half-closed after a complete request: answer, then close. */
+    if ((what & BEV_EVENT_EOF) && !c->tls && c->state == ST_STREAM && c->body_eof && c->stream && !c->stream_done) {
+        /* The client half-closed (TCP FIN) after a complete request: answer,
+         * then close; a peer that is really gone makes the write fail. Over
+         * TLS an EOF is the end of the session (a reset reads as one with
+         * dirty shutdowns allowed): nobody is left to answer. */
         c->close_after = true;
         return;
     }
@@ -697,11 +700,16 @@ static void on_drain(struct conn_link *link)
         conn_free(c);
 }
 
+static void on_kill(struct conn_link *link)
+{
+    conn_free((struct h1conn *)link);
+}
+
 void h1conn_start(struct worker *w, struct bufferevent *bev, const char *client_ip, bool tls)
 {
     struct h1conn *c = co_calloc(1, sizeof(*c));
     METRIC_INC(w->metrics.conns_h1);
-    worker_conn_link(w, &c->link, on_drain);
+    worker_conn_link(w, &c->link, on_drain, on_kill);
     c->worker = w;
     c->tls = tls;
     c->allow_h2c = !tls;

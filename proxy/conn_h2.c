@@ -920,11 +920,16 @@ static void on_drain(struct conn_link *link)
         conn_free(c);
 }
 
+static void on_kill(struct conn_link *link)
+{
+    conn_free((struct h2conn *)link);
+}
+
 void h2conn_start(struct worker *w, struct bufferevent *bev, const char *client_ip, bool tls)
 {
     struct h2conn *c = co_calloc(1, sizeof(*c));
     METRIC_INC(w->metrics.conns_h2);
-    worker_conn_link(w, &c->link, on_drain);
+    worker_conn_link(w, &c->link, on_drain, on_kill);
     c->worker = w;
     c->bev = bev;
     c->tls = tls;

@@ -34,6 +34,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <nghttp2/nghttp2.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,48 +69,50 @@ struct field_ref {
 
 /* One exchange on a session: what the stream holds as s->up. */
 struct h2ustream {
-    struct upstream base;         /* first: the stream sees only this */
-    struct h2session *sess;       /* NULL after upstream_h2_free_all() */
-    struct stream *s;             /* NULL once released or failed */
-    TAILQ_ENTRY(h2ustream) link;  /* sess->streams */
-    int32_t id;                   /* HTTP/2 stream id, 0 before submit */
-    struct event *timer;          /* response head, then body idle timeout */
-    uint64_t timeout_ms;          /* cluster first_byte_timeout_ms (0 = none) */
-    struct evbuffer *req_body;    /* request payload not yet framed */
-    struct evbuffer *resp_body;   /* response payload not yet handed to the stream */
-    char *fields_buf;             /* response field bytes */
+    struct upstream base;        /* first: the stream sees only this */
+    struct h2session *sess;      /* NULL after upstream_h2_free_all() */
+    struct stream *s;            /* NULL once released or failed */
+    TAILQ_ENTRY(h2ustream) link; /* sess->streams */
+    int32_t id;                  /* HTTP/2 stream id, 0 before submit */
+    struct event *timer;         /* response head, then body idle timeout */
+    uint64_t timeout_ms;         /* cluster first_byte_timeout_ms (0 = none) */
+    struct evbuffer *req_body;   /* request payload not yet framed */
+    struct evbuffer *resp_body;  /* response payload not yet handed to the stream */
+    char *fields_buf;            /* response head and trailer field bytes */
     size_t fields_len, fields_cap;
-    struct field_ref *refs;
+    struct field_ref *refs; /* head fields */
     size_t n_refs, cap_refs;
-    size_t head_bytes;
-    int status;                   /* :status of the response being collected */
-    int64_t content_length;       /* from the response, -1 if absent */
-    uint32_t close_code;          /* RST_STREAM / GOAWAY code the stream closed with */
-    int not_sent_error;           /* nghttp2 error when the request HEADERS could not be sent */
-    bool submitted;               /* handed to nghttp2 (id valid) */
-    bool sent;                    /* request HEADERS went out */
-    bool got_frame;               /* the upstream sent something on this stream */
-    bool reused_idle;             /* attached to a session that was idle after earlier exchanges */
-    bool req_eof;                 /* whole request body queued */
-    bool req_deferred;            /* data provider returned NGHTTP2_ERR_DEFERRED */
-    bool req_high;                /* req_body went above half the high-water mark */
-    bool want_writable;           /* tell the stream it may send more body */
-    bool in_trailers;             /* the HEADERS being received are trailers */
-    bool head_ready;              /* final response head received */
-    bool head_sent;               /* ... and handed to the stream */
-    bool head_bad;                /* response head refused (too large, 101) */
-    bool resp_eof;                /* END_STREAM received */
-    bool closed;                  /* nghttp2 closed the stream */
-    bool paused;                  /* downstream full: deliver nothing until resume */
+    struct field_ref *trefs; /* trailer fields */
+    size_t n_trefs, cap_trefs;
+    size_t head_bytes;      /* of the head, then of the trailers */
+    int status;             /* :status of the response being collected */
+    int64_t content_length; /* from the response, -1 if absent */
+    uint32_t close_code;    /* RST_STREAM / GOAWAY code the stream closed with */
+    int not_sent_error;     /* nghttp2 error when the request HEADERS could not be sent */
+    bool submitted;         /* handed to nghttp2 (id valid) */
+    bool sent;              /* request HEADERS went out */
+    bool got_frame;         /* the upstream sent something on this stream */
+    bool reused_idle;       /* attached to a session that was idle after earlier exchanges */
+    bool req_eof;           /* whole request body queued */
+    bool req_deferred;      /* data provider returned NGHTTP2_ERR_DEFERRED */
+    bool req_high;          /* req_body went above half the high-water mark */
+    bool want_writable;     /* tell the stream it may send more body */
+    bool in_trailers;       /* the HEADERS being received are trailers */
+    bool head_ready;        /* final response head received */
+    bool head_sent;         /* ... and handed to the stream */
+    bool head_bad;          /* response head refused (too large, 101) */
+    bool resp_eof;          /* END_STREAM received */
+    bool closed;            /* nghttp2 closed the stream */
+    bool paused;            /* downstream full: deliver nothing until resume */
     bool timed_out;
-    bool in_process;              /* process() is running for it: free later */
-    bool queued;                  /* in sess->pending */
+    bool in_process; /* process() is running for it: free later */
+    bool queued;     /* in sess->pending */
     struct h2ustream *next_pending;
 };
 
 /* One HTTP/2 connection to an endpoint. */
 struct h2session {
-    LIST_ENTRY(h2session) link;   /* ep->h2_sessions */
+    LIST_ENTRY(h2session) link; /* ep->h2_sessions */
     struct worker *worker;
     struct ep_pool *ep;
     struct upconnect *connecting; /* TCP/TLS setup under way */
@@ -119,16 +122,17 @@ struct h2session {
     struct event *idle_timer;
     TAILQ_HEAD(, h2ustream) streams; /* every per-stream object on it */
     unsigned n_streams;
-    struct h2ustream *pending;    /* streams with work queued */
-    unsigned busy;                /* our code is running inside it: do not free */
-    unsigned long exchanges;      /* requests submitted */
-    bool tls;                     /* cluster TLS: :scheme https */
-    bool auto_proto;              /* protocol: auto (ALPN may say http/1.1 now) */
-    bool ready;                   /* connected and the peer's SETTINGS arrived */
-    bool draining;                /* no new streams (GOAWAY either way, ids exhausted) */
-    bool closing;                 /* GOAWAY sent because idle: free once written */
-    bool dead;                    /* connection gone: free once the streams are done */
-    char addr[64];                /* "ip:port", "" while connecting */
+    struct h2ustream *pending; /* streams with work queued, oldest first */
+    struct h2ustream *pending_tail;
+    unsigned busy;           /* our code is running inside it: do not free */
+    unsigned long exchanges; /* requests submitted */
+    bool tls;                /* cluster TLS: :scheme https */
+    bool auto_proto;         /* protocol: auto (ALPN may say http/1.1 now) */
+    bool ready;              /* connected and the peer's SETTINGS arrived */
+    bool draining;           /* no new streams (GOAWAY either way, ids exhausted) */
+    bool closing;            /* GOAWAY sent because idle: free once written */
+    bool dead;               /* connection gone: free once the streams are done */
+    char addr[64];           /* "ip:port", "" while connecting */
 };
 
 static void on_read(struct bufferevent *bev, void *arg);
@@ -169,8 +173,12 @@ static void mark(struct h2ustream *st)
         return;
     if (!st->queued) {
         st->queued = true;
-        st->next_pending = sess->pending;
-        sess->pending = st;
+        st->next_pending = NULL;
+        if (sess->pending_tail)
+            sess->pending_tail->next_pending = st;
+        else
+            sess->pending = st;
+        sess->pending_tail = st;
     }
     schedule(sess);
 }
@@ -202,11 +210,15 @@ static void h2ustream_free(struct h2ustream *st)
     struct h2session *sess = st->sess;
     if (sess) {
         if (st->queued) {
-            struct h2ustream **pp = &sess->pending;
-            while (*pp && *pp != st)
+            struct h2ustream **pp = &sess->pending, *prev = NULL;
+            while (*pp && *pp != st) {
+                prev = *pp;
                 pp = &(*pp)->next_pending;
+            }
             if (*pp)
                 *pp = st->next_pending;
+            if (sess->pending_tail == st)
+                sess->pending_tail = prev;
         }
         TAILQ_REMOVE(&sess->streams, st, link);
         sess->n_streams--;
@@ -219,6 +231,7 @@ static void h2ustream_free(struct h2ustream *st)
     evbuffer_free(st->resp_body);
     free(st->fields_buf);
     free(st->refs);
+    free(st->trefs);
     free(st);
 }
 
@@ -473,7 +486,7 @@ static void up_resume(struct upstream *u)
     if (!st->paused)
         return;
     st->paused = false;
-    if (st->timeout_ms && !st->resp_eof)
+    if (st->timer && st->timeout_ms && !st->resp_eof)
         arm(st->timer, st->timeout_ms);
     mark(st);
 }
@@ -487,22 +500,27 @@ static void up_release(struct upstream *u, bool reusable)
 
 /* ---- delivering to the stream (outside nghttp2 callbacks) ---- */
 
+/* The collected fields as the stream takes them (caller frees). */
+static struct h1_header *field_list(const struct h2ustream *st, const struct field_ref *refs, size_t n)
+{
+    struct h1_header *fields = co_malloc((n ? n : 1) * sizeof(*fields));
+    for (size_t i = 0; i < n; i++) {
+        fields[i].name = st->fields_buf + refs[i].name_off;
+        fields[i].name_len = refs[i].name_len;
+        fields[i].value = st->fields_buf + refs[i].value_off;
+        fields[i].value_len = refs[i].value_len;
+    }
+    return fields;
+}
+
 static void deliver_head(struct h2ustream *st)
 {
-    struct stream *s = st->s;
-    struct h1_header *fields = co_malloc((st->n_refs ? st->n_refs : 1) * sizeof(*fields));
-    for (size_t i = 0; i < st->n_refs; i++) {
-        const struct field_ref *r = &st->refs[i];
-        fields[i].name = st->fields_buf + r->name_off;
-        fields[i].name_len = r->name_len;
-        fields[i].value = st->fields_buf + r->value_off;
-        fields[i].value_len = r->value_len;
-    }
+    struct h1_header *fields = field_list(st, st->refs, st->n_refs);
     int64_t cl = st->content_length;
     if (st->status == 204 || st->status == 304)
         cl = -1;
     st->head_sent = true;
-    stream_up_head(s, st->status, fields, st->n_refs, cl);
+    stream_up_head(st->s, st->status, fields, st->n_refs, cl);
     free(fields);
 }
 
@@ -591,6 +609,16 @@ static void process(struct h2session *sess, struct h2ustream *st)
     }
     if (st->head_sent && st->resp_eof && evbuffer_get_length(st->resp_body) == 0) {
         evtimer_del(st->timer);
+        if (st->n_trefs) {
+            /* gRPC status and the like (RFC 9110 §6.5). */
+            struct h1_header *fields = field_list(st, st->trefs, st->n_trefs);
+            size_t n = st->n_trefs;
+            st->n_trefs = 0;
+            stream_up_trailers(st->s, fields, n);
+            free(fields);
+            if (st->s == NULL)
+                goto out;
+        }
         stream_up_end(st->s); /* releases st */
         goto out;
     }
@@ -610,6 +638,8 @@ static void run_pending(struct h2session *sess)
     while (sess->pending) {
         struct h2ustream *st = sess->pending;
         sess->pending = st->next_pending;
+        if (sess->pending == NULL)
+            sess->pending_tail = NULL;
         st->queued = false;
         st->next_pending = NULL;
         process(sess, st);
@@ -631,7 +661,8 @@ static int on_begin_headers(nghttp2_session *ngh, const nghttp2_frame *frame, vo
         return 0;
     st->got_frame = true;
     if (st->head_ready) {
-        st->in_trailers = true; /* not forwarded (yet) */
+        st->in_trailers = true;
+        st->head_bytes = 0;
         return 0;
     }
     /* A new (final or interim) response head: start collecting afresh. */
@@ -657,16 +688,38 @@ static void keep_bytes(struct h2ustream *st, const uint8_t *p, size_t n, uint32_
     st->fields_len += n;
 }
 
-static int on_header(nghttp2_session *ngh, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
-                     const uint8_t *value, size_t valuelen, uint8_t flags, void *user)
+static void keep_field(struct h2ustream *st, struct field_ref **refs, size_t *n, size_t *cap, const uint8_t *name, size_t namelen,
+                       const uint8_t *value, size_t valuelen)
+{
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 16;
+        *refs = co_realloc(*refs, *cap * sizeof(**refs));
+    }
+    struct field_ref *r = &(*refs)[(*n)++];
+    keep_bytes(st, name, namelen, &r->name_off);
+    r->name_len = (uint32_t)namelen;
+    keep_bytes(st, value, valuelen, &r->value_off);
+    r->value_len = (uint32_t)valuelen;
+}
+
+static int on_header(nghttp2_session *ngh, const nghttp2_frame *frame, const uint8_t *name, size_t namelen, const uint8_t *value,
+                     size_t valuelen, uint8_t flags, void *user)
 {
     struct h2ustream *st = stream_of(ngh, frame->hd.stream_id);
-    if (st == NULL || st->in_trailers || st->s == NULL)
+    if (st == NULL || st->s == NULL)
         return 0;
     st->head_bytes += namelen + valuelen + 32;
-    if (st->head_bytes > H2U_MAX_HEAD || st->n_refs >= H1_MAX_HEADERS) {
+    if (st->head_bytes > H2U_MAX_HEAD || (st->in_trailers ? st->n_trefs : st->n_refs) >= H1_MAX_HEADERS) {
         st->head_bad = true;
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets the stream */
+    }
+    if (st->in_trailers) {
+        /* nghttp2 refused pseudo-headers here; framing and routing fields
+         * have no place in trailers (RFC 9110 §6.5.1). */
+        if (h1_is_hop_by_hop((const char *)name, namelen) || (namelen == 14 && memcmp(name, "content-length", 14) == 0))
+            return 0;
+        keep_field(st, &st->trefs, &st->n_trefs, &st->cap_trefs, name, namelen, value, valuelen);
+        return 0;
     }
     if (namelen > 0 && name[0] == ':') {
         /* nghttp2 checked the pseudo-headers (RFC 9113 §8.3.2). */
@@ -677,22 +730,19 @@ static int on_header(nghttp2_session *ngh, const nghttp2_frame *frame, const uin
     if (namelen == 14 && memcmp(name, "content-length", 14) == 0) {
         /* Validated by nghttp2, which also checks it against the DATA. */
         int64_t v = 0;
-        for (size_t i = 0; i < valuelen && i < 18; i++)
+        for (size_t i = 0; i < valuelen; i++) {
+            if (value[i] < '0' || value[i] > '9' || v > (INT64_MAX - 9) / 10) {
+                st->head_bad = true;
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+            }
             v = v * 10 + (value[i] - '0');
+        }
         st->content_length = v;
         return 0;
     }
     if (h1_is_hop_by_hop((const char *)name, namelen))
         return 0;
-    if (st->n_refs == st->cap_refs) {
-        st->cap_refs = st->cap_refs ? st->cap_refs * 2 : 16;
-        st->refs = co_realloc(st->refs, st->cap_refs * sizeof(*st->refs));
-    }
-    struct field_ref *r = &st->refs[st->n_refs++];
-    keep_bytes(st, name, namelen, &r->name_off);
-    r->name_len = (uint32_t)namelen;
-    keep_bytes(st, value, valuelen, &r->value_off);
-    r->value_len = (uint32_t)valuelen;
+    keep_field(st, &st->refs, &st->n_refs, &st->cap_refs, name, namelen, value, valuelen);
     return 0;
 }
 
@@ -873,3 +923,387 @@ static void session_free(struct h2session *sess)
     free(sess);
 }
 
+enum lost_kind {
+    LOST_CONNECT, /* connect or TLS failed: nothing was sent */
+    LOST_RETRY,   /* nothing was sent and another protocol may work (ALPN said http/1.1) */
+    LOST_MIDWAY,  /* an established connection ended */
+};
+
+/* The connection is gone: every exchange that has not received its whole
+ * response fails with `status`; complete ones are still delivered (settle()
+ * frees the session after them). `what` says what happened, for the logs. */
+static void session_lost(struct h2session *sess, int status, const char *what, enum lost_kind kind)
+{
+    char why[320];
+    sess->dead = true;
+    sess->draining = true;
+    sess->ready = false;
+    if (sess->ngh) {
+        nghttp2_session_del(sess->ngh);
+        sess->ngh = NULL;
+    }
+    if (sess->bev) {
+        bufferevent_free(sess->bev);
+        sess->bev = NULL;
+    }
+    evtimer_del(sess->idle_timer);
+    sess->busy++;
+    struct h2ustream *st, *next;
+    for (st = TAILQ_FIRST(&sess->streams); st; st = next) {
+        next = TAILQ_NEXT(st, link);
+        if (st->s == NULL) {
+            if (!st->in_process)
+                h2ustream_free(st);
+            continue;
+        }
+        if (st->head_ready && st->resp_eof) {
+            mark(st); /* complete: deliver what is buffered */
+            continue;
+        }
+        bool retry = kind == LOST_RETRY;
+        const char *where = "";
+        if (kind == LOST_MIDWAY) {
+            /* Never reached the upstream, or went to a session that had been
+             * idle and got no answer at all: the pool race upstream_h1.c
+             * retries too. */
+            retry = !st->head_ready && (!st->sent || (st->reused_idle && !st->got_frame));
+            where = st->head_ready ? " in the response body" : " before the response head";
+            if (!st->head_ready)
+                stream_up_count(sess->worker, st->s, UPC_BAD_RESPONSE);
+        }
+        snprintf(why, sizeof(why), "%s%s", what, where);
+        fail(st, status, why, retry);
+    }
+    sess->busy--;
+}
+
+/* Produce session output into the socket buffer, bounded by H2U_OUT_HIGH
+ * (on_write asks for more). CO_ERROR on a fatal nghttp2 error. */
+static int flush(struct h2session *sess)
+{
+    struct evbuffer *out = bufferevent_get_output(sess->bev);
+    while (evbuffer_get_length(out) < H2U_OUT_HIGH) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(sess->ngh, &data);
+        if (n < 0) {
+            log_warn("upstream %s: nghttp2_session_mem_send: %s; closing the connection", sess->addr, nghttp2_strerror((int)n));
+            return CO_ERROR;
+        }
+        if (n == 0)
+            break;
+        evbuffer_add(out, data, (size_t)n);
+    }
+    return CO_OK;
+}
+
+/*
+ * After every event of the session: run the queued stream work, write what
+ * nghttp2 has to send, and close the session once it has nothing left to
+ * do. The only place a session is freed (besides pool cleanup). Returns
+ * CO_ERROR when sess was freed.
+ */
+static int settle(struct h2session *sess)
+{
+    char what[160];
+    run_pending(sess);
+    if (sess->dead) {
+        if (sess->n_streams == 0) {
+            session_free(sess);
+            return CO_ERROR;
+        }
+        return CO_OK; /* complete responses still being delivered */
+    }
+    if (sess->bev == NULL)
+        return CO_OK; /* connecting */
+    if (flush(sess) != CO_OK) {
+        snprintf(what, sizeof(what), "HTTP/2 session with upstream %s failed", sess->addr);
+        session_lost(sess, 502, what, LOST_MIDWAY);
+        return settle(sess);
+    }
+    bool finished = !nghttp2_session_want_read(sess->ngh) && !nghttp2_session_want_write(sess->ngh);
+    if (sess->n_streams > 0) {
+        evtimer_del(sess->idle_timer);
+        if (finished) {
+            /* nghttp2 ended the session (GOAWAY both ways, or its own after
+             * a connection error) while exchanges still wait on it. */
+            snprintf(what, sizeof(what), "HTTP/2 session with upstream %s ended", sess->addr);
+            session_lost(sess, 502, what, LOST_MIDWAY);
+            return settle(sess);
+        }
+        return CO_OK;
+    }
+    if (sess->closing || sess->draining || sess->ep->retired || finished) {
+        if (!sess->closing) {
+            /* RFC 9113 §6.8: say goodbye, then close once it is written. */
+            sess->closing = true;
+            sess->draining = true;
+            nghttp2_session_terminate_session(sess->ngh, NGHTTP2_NO_ERROR);
+            if (flush(sess) != CO_OK) {
+                session_free(sess);
+                return CO_ERROR;
+            }
+        }
+        if (evbuffer_get_length(bufferevent_get_output(sess->bev)) == 0) {
+            session_free(sess);
+            return CO_ERROR;
+        }
+        return CO_OK; /* on_write comes back here */
+    }
+    if (sess->ep->idle_timeout_ms && !evtimer_pending(sess->idle_timer, NULL))
+        arm(sess->idle_timer, sess->ep->idle_timeout_ms);
+    return CO_OK;
+}
+
+/* Feed buffered input to nghttp2, then settle. */
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct h2session *sess = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    while (evbuffer_get_length(in) > 0) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+            break;
+        ssize_t n = nghttp2_session_mem_recv(sess->ngh, v.iov_base, v.iov_len);
+        if (n < 0) {
+            char what[200];
+            snprintf(what, sizeof(what), "HTTP/2 error on the connection to upstream %s (%s)", sess->addr,
+                     nghttp2_strerror((int)n));
+            log_warn("%s; closing it", what);
+            session_lost(sess, 502, what, LOST_MIDWAY);
+            settle(sess);
+            return;
+        }
+        evbuffer_drain(in, (size_t)n);
+    }
+    settle(sess);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    settle(arg);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct h2session *sess = arg;
+    char text[200];
+    int err = EVUTIL_SOCKET_ERROR();
+    if (sess->closing && sess->n_streams == 0) {
+        sess->dead = true;
+        settle(sess);
+        return;
+    }
+    if (what & BEV_EVENT_EOF)
+        snprintf(text, sizeof(text), "upstream %s closed the connection", sess->addr);
+    else
+        snprintf(text, sizeof(text), "connection to upstream %s failed: %s", sess->addr,
+                 err ? evutil_socket_error_to_string(err) : "error");
+    session_lost(sess, 502, text, LOST_MIDWAY);
+    settle(sess);
+}
+
+static void on_post(evutil_socket_t fd, short what, void *arg)
+{
+    struct h2session *sess = arg;
+    if (sess->bev && evbuffer_get_length(bufferevent_get_input(sess->bev)) > 0)
+        on_read(sess->bev, sess); /* bytes that came with the connection (adopt) */
+    else
+        settle(sess);
+}
+
+static void on_idle(evutil_socket_t fd, short what, void *arg)
+{
+    struct h2session *sess = arg;
+    if (sess->n_streams > 0)
+        return;
+    sess->draining = true; /* settle() says GOAWAY and closes */
+    settle(sess);
+}
+
+static void on_stream_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct h2ustream *st = arg;
+    st->timed_out = true;
+    mark(st); /* process() resets the stream and answers 504 */
+}
+
+/* The connection is up: speak HTTP/2 on it. */
+static void session_begin(struct h2session *sess, struct bufferevent *bev)
+{
+    sess->bev = bev;
+    bufferevent_setcb(bev, on_read, on_write, on_event, sess);
+    bufferevent_setwatermark(bev, EV_READ, 0, 0);
+    bufferevent_setwatermark(bev, EV_WRITE, H2U_OUT_HIGH / 2, 0);
+    bufferevent_set_timeouts(bev, NULL, NULL);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    struct h2ustream *st;
+    TAILQ_FOREACH(st, &sess->streams, link)
+    {
+        if (st->s) {
+            snprintf(st->s->endpoint, sizeof(st->s->endpoint), "%s", sess->addr);
+            if (st->timeout_ms)
+                arm(st->timer, st->timeout_ms);
+        }
+    }
+}
+
+static void on_connected(void *arg, struct bufferevent *bev, const char *alpn, const char *addr, int status, const char *why)
+{
+    struct h2session *sess = arg;
+    sess->connecting = NULL;
+    snprintf(sess->addr, sizeof(sess->addr), "%s", addr);
+    struct h2ustream *st;
+    TAILQ_FOREACH(st, &sess->streams, link)
+    {
+        if (st->s)
+            snprintf(st->s->endpoint, sizeof(st->s->endpoint), "%s", addr);
+    }
+    if (bev == NULL) {
+        st = TAILQ_FIRST(&sess->streams);
+        stream_up_count(sess->worker, st ? st->s : NULL, UPC_CONNECT_ERROR);
+        session_lost(sess, status, why, LOST_CONNECT);
+        settle(sess);
+        return;
+    }
+    if (sess->tls && strcmp(alpn, "h2") != 0) {
+        char what[240];
+        enum lost_kind kind = LOST_CONNECT;
+        if (sess->auto_proto) {
+            /* protocol: auto - the endpoint went back to HTTP/1.1. */
+            sess->ep->h2 = false;
+            kind = LOST_RETRY;
+            snprintf(what, sizeof(what), "upstream %s no longer offers h2 in ALPN (chose \"%s\"); using HTTP/1.1", addr, alpn);
+        } else {
+            snprintf(what, sizeof(what), "upstream %s did not negotiate h2 in ALPN (chose \"%s\") for a protocol: h2 cluster", addr,
+                     alpn);
+        }
+        bufferevent_free(bev);
+        session_lost(sess, 502, what, kind);
+        settle(sess);
+        return;
+    }
+    session_begin(sess, bev);
+    on_read(bev, sess); /* the server's SETTINGS may already be here */
+}
+
+/* ---- entry points ---- */
+
+/* HTTP/2 has no Upgrade (RFC 9113 §8.6); WebSocket over it needs extended
+ * CONNECT (RFC 8441), which we do not speak to upstreams. */
+static bool refuse_websocket(struct stream *s)
+{
+    if (!s->websocket)
+        return false;
+    char why[200];
+    snprintf(why, sizeof(why), "WebSocket upgrade requested but cluster %s speaks HTTP/2 upstream (RFC 8441 not supported)",
+             s->cluster->name);
+    s->up = NULL;
+    stream_up_failed(s, 502, why, false);
+    return true;
+}
+
+/* A session of ep that can take one more stream now. */
+static struct h2session *pick(struct ep_pool *ep, const struct cluster_conf *cl, bool fresh)
+{
+    struct h2session *sess;
+    LIST_FOREACH(sess, &ep->h2_sessions, link)
+    {
+        if (sess->dead || sess->draining || sess->closing || sess->tls != cl->tls.enabled)
+            continue;
+        /* A retry goes to a connection that has carried nothing yet. */
+        if (fresh && sess->exchanges > 0)
+            continue;
+        if (!nghttp2_session_check_request_allowed(sess->ngh)) {
+            sess->draining = true; /* stream ids exhausted */
+            continue;
+        }
+        uint32_t limit = nghttp2_session_get_remote_settings(sess->ngh, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+        if (limit > H2U_MAX_STREAMS)
+            limit = H2U_MAX_STREAMS;
+        if (sess->n_streams < limit)
+            return sess;
+    }
+    return NULL;
+}
+
+void upstream_h2_start(struct stream *s, struct ep_pool *ep, const struct endpoint_conf *e, bool fresh)
+{
+    struct worker *w = s->worker;
+    const struct cluster_conf *cl = s->cluster;
+    if (refuse_websocket(s))
+        return;
+    struct h2session *sess = pick(ep, cl, fresh);
+    if (sess == NULL) {
+        sess = session_new(w, ep, cl);
+        const char *alpn = NULL;
+        if (cl->tls.enabled)
+            alpn = sess->auto_proto ? "h2,http/1.1" : "h2";
+        /* Cleartext: prior knowledge (RFC 9113 §3.3), the preface goes first. */
+        sess->connecting = upconnect_start(w, ep, e, cl, alpn, on_connected, sess);
+    }
+    struct h2ustream *st = h2ustream_new(sess, s);
+    evtimer_del(sess->idle_timer);
+    if (sess->bev && st->timeout_ms)
+        arm(st->timer, st->timeout_ms);
+    if (sess->ready)
+        mark(st);
+}
+
+void upstream_h2_adopt(struct stream *s, struct ep_pool *ep, struct bufferevent *bev, const char *addr)
+{
+    ep->h2 = true;
+    if (refuse_websocket(s)) {
+        /* The connection is still good for the next streams. */
+        struct h2session *sess = session_new(s->worker, ep, s->cluster);
+        snprintf(sess->addr, sizeof(sess->addr), "%s", addr);
+        session_begin(sess, bev);
+        schedule(sess);
+        return;
+    }
+    struct h2session *sess = session_new(s->worker, ep, s->cluster);
+    snprintf(sess->addr, sizeof(sess->addr), "%s", addr);
+    h2ustream_new(sess, s);
+    session_begin(sess, bev);
+    schedule(sess); /* reads what is buffered, from the event loop */
+}
+
+void upstream_h2_close_idle(struct ep_pool *ep)
+{
+    struct h2session *sess, *next;
+    for (sess = LIST_FIRST(&ep->h2_sessions); sess; sess = next) {
+        next = LIST_NEXT(sess, link);
+        if (sess->n_streams > 0 || sess->busy > 0)
+            continue; /* finishes its streams; settle() closes it then if ep is retired */
+        if (sess->bev == NULL || sess->ngh == NULL) {
+            session_free(sess);
+            continue;
+        }
+        if (!sess->closing) {
+            sess->closing = true;
+            sess->draining = true;
+            nghttp2_session_terminate_session(sess->ngh, NGHTTP2_NO_ERROR);
+        }
+        schedule(sess); /* GOAWAY written, then freed (settle) */
+    }
+}
+
+void upstream_h2_free_all(struct ep_pool *ep)
+{
+    struct h2session *sess;
+    while ((sess = LIST_FIRST(&ep->h2_sessions)) != NULL) {
+        struct h2ustream *st;
+        while ((st = TAILQ_FIRST(&sess->streams)) != NULL) {
+            TAILQ_REMOVE(&sess->streams, st, link);
+            sess->n_streams--;
+            st->queued = false;
+            st->sess = NULL;
+            event_free(st->timer);
+            st->timer = NULL;
+            if (st->s == NULL)
+                h2ustream_free(st);
+            /* else the stream still holds it (drain timed out): its release frees it */
+        }
+        sess->pending = sess->pending_tail = NULL;
+        session_free(sess);
+    }
+}

@@ -47,7 +47,9 @@ uint64_t worker_random(struct worker *w)
 
 /* A TLS handshake in progress (before we know h1 or h2 from ALPN). */
 struct handshake {
+    struct conn_link link; /* first */
     struct worker *worker;
+    struct bufferevent *bev;
     char client_ip[INET6_ADDRSTRLEN];
 };
 
@@ -61,6 +63,7 @@ static void on_handshake(struct bufferevent *bev, short what, void *arg)
         bufferevent_set_timeouts(bev, NULL, NULL);
         char ip[INET6_ADDRSTRLEN];
         memcpy(ip, hs->client_ip, sizeof(ip));
+        worker_conn_unlink(&hs->link);
         free(hs);
         if (h2)
             h2conn_start(w, bev, ip, true);
@@ -75,7 +78,23 @@ static void on_handshake(struct bufferevent *bev, short what, void *arg)
         tls_describe_failure(bufferevent_openssl_get_ssl(bev), bufferevent_get_openssl_error(bev), why, sizeof(why));
     log_info("client %s: TLS handshake failed: %s; connection closed", hs->client_ip, why);
     METRIC_INC(w->metrics.tls_handshake_failures);
+    worker_conn_unlink(&hs->link);
     bufferevent_free(bev);
+    free(hs);
+    worker_conn_closed(w);
+}
+
+static void handshake_drain(struct conn_link *link)
+{
+    /* Let it finish: the HTTP side will see the drain flag. */
+}
+
+static void handshake_kill(struct conn_link *link)
+{
+    struct handshake *hs = (struct handshake *)link;
+    struct worker *w = hs->worker;
+    worker_conn_unlink(&hs->link);
+    bufferevent_free(hs->bev);
     free(hs);
     worker_conn_closed(w);
 }
@@ -108,6 +127,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
         struct handshake *hs = co_calloc(1, sizeof(*hs));
         hs->worker = w;
+        hs->bev = bev;
+        worker_conn_link(w, &hs->link, handshake_drain, handshake_kill);
         memcpy(hs->client_ip, ip, sizeof(ip));
         uint64_t ms = w->cfg->timeouts.handshake_ms;
         struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
@@ -164,9 +185,11 @@ void worker_conn_closed(struct worker *w)
         on_resume(-1, 0, w);
 }
 
-void worker_conn_link(struct worker *w, struct conn_link *link, void (*drain)(struct conn_link *))
+void worker_conn_link(struct worker *w, struct conn_link *link, void (*drain)(struct conn_link *),
+                      void (*kill)(struct conn_link *))
 {
     link->drain = drain;
+    link->kill = kill;
     link->next = w->conns.next;
     link->prev = &w->conns;
     w->conns.next->prev = link;
@@ -419,6 +442,10 @@ static void *run(void *arg)
 {
     struct worker *w = arg;
     event_base_dispatch(w->base);
+    /* Past the drain timeout: close what is left, so every exchange is
+     * logged and nothing is left half-owned at exit. */
+    while (w->conns.next != &w->conns)
+        w->conns.next->kill(w->conns.next);
     atomic_store(&w->exited, true);
     return NULL;
 }

@@ -27,6 +27,7 @@ struct pool;
 struct conn_link {
     struct conn_link *prev, *next;
     void (*drain)(struct conn_link *link); /* called once when the worker starts draining */
+    void (*kill)(struct conn_link *link);  /* close now (drain timeout passed); must unlink */
 };
 
 /* One listening socket of a worker. */
@@ -92,7 +93,8 @@ uint64_t worker_random(struct worker *w);
 void worker_conn_closed(struct worker *w);
 
 /* Link / unlink a connection (its drain callback runs when the worker drains). */
-void worker_conn_link(struct worker *w, struct conn_link *link, void (*drain)(struct conn_link *));
+void worker_conn_link(struct worker *w, struct conn_link *link, void (*drain)(struct conn_link *),
+                      void (*kill)(struct conn_link *));
 void worker_conn_unlink(struct conn_link *link);
 
 #endif
