@@ -380,47 +380,170 @@ void stream_respond(struct stream *s, int status, const char *body)
     finish(s, false);
 }
 
+/* A JSON line assembled in a stack buffer and handed to the log buffer in
+ * one evbuffer_add: printf-family formatting was a fifth of the proxy's
+ * instructions per request (callgrind), so numbers are formatted by hand. */
+struct line {
+    struct evbuffer *out;
+    size_t n;
+    char buf[3072];
+};
+
+static void line_flush(struct line *l)
+{
+    evbuffer_add(l->out, l->buf, l->n);
+    l->n = 0;
+}
+
+static void line_put(struct line *l, const char *s, size_t n)
+{
+    if (l->n + n > sizeof(l->buf)) {
+        line_flush(l);
+        if (n > sizeof(l->buf)) {
+            evbuffer_add(l->out, s, n);
+            return;
+        }
+    }
+    memcpy(l->buf + l->n, s, n);
+    l->n += n;
+}
+
+#define LINE_LIT(l, lit) line_put((l), (lit), sizeof(lit) - 1)
+
+static void line_str(struct line *l, const char *s)
+{
+    line_put(l, s, strlen(s));
+}
+
+static void line_u64(struct line *l, uint64_t v)
+{
+    char tmp[24];
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    line_put(l, tmp + i, sizeof(tmp) - i);
+}
+
+/* Microseconds as milliseconds with three decimals ("12.345"). */
+static void line_ms(struct line *l, uint64_t us)
+{
+    line_u64(l, us / 1000);
+    char frac[4] = {'.', (char)('0' + us / 100 % 10), (char)('0' + us / 10 % 10), (char)('0' + us % 10)};
+    line_put(l, frac, 4);
+}
+
+static void line_json(struct line *l, const char *s, size_t n)
+{
+    /* Worst case 6 bytes out per byte in; long values go straight out. */
+    if (n * 6 > sizeof(l->buf) - l->n) {
+        line_flush(l);
+        if (n * 6 > sizeof(l->buf)) {
+            accesslog_json_str(l->out, s, n);
+            return;
+        }
+    }
+    static const char hex[] = "0123456789abcdef";
+    char *o = l->buf + l->n;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') {
+            *o++ = (char)ch;
+        } else if (ch == '"' || ch == '\\') {
+            *o++ = '\\';
+            *o++ = (char)ch;
+        } else {
+            memcpy(o, "\\u00", 4);
+            o[4] = hex[ch >> 4];
+            o[5] = hex[ch & 15];
+            o += 6;
+        }
+    }
+    l->n = (size_t)(o - l->buf);
+}
+
+/* "2026-11-26T15:01:57.813Z"; the date part is formatted once per second. */
+static void line_time(struct line *l)
+{
+    static _Thread_local time_t cached_sec = -1;
+    static _Thread_local char cached[24];
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    if (now.tv_sec != cached_sec) {
+        struct tm tm;
+        gmtime_r(&now.tv_sec, &tm);
+        strftime(cached, sizeof(cached), "%Y-%m-%dT%H:%M:%S", &tm);
+        cached_sec = now.tv_sec;
+    }
+    line_str(l, cached);
+    unsigned ms = (unsigned)(now.tv_nsec / 1000000);
+    char frac[5] = {'.', (char)('0' + ms / 100), (char)('0' + ms / 10 % 10), (char)('0' + ms % 10), 'Z'};
+    line_put(l, frac, 5);
+}
+
 static void log_line(struct stream *s)
 {
     struct accesslog *log = s->worker->log;
-    struct evbuffer *b = accesslog_buffer(log);
-    char ts[96];
-    struct timespec now;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &now);
-    gmtime_r(&now.tv_sec, &tm);
-    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-             tm.tm_min, tm.tm_sec, now.tv_nsec / 1000000);
+    struct line l;
+    l.out = accesslog_buffer(log);
+    l.n = 0;
     uint64_t end = co_now_us();
     uint64_t up_us = s->t_up_start_us && s->t_up_end_us > s->t_up_start_us ? s->t_up_end_us - s->t_up_start_us : 0;
 
-    evbuffer_add_printf(b, "{\"time\":\"%s\",\"request_id\":\"", ts);
-    accesslog_json_str(b, s->request_id, strlen(s->request_id));
-    evbuffer_add_printf(b, "\",\"client\":\"%s\",\"proto\":\"%s\",\"method\":\"", s->client_ip, s->proto);
-    accesslog_json_str(b, s->method ? s->method : "", s->method_len);
-    ADD_LIT(b, "\",\"host\":\"");
-    accesslog_json_str(b, s->host ? s->host : "", s->host_len);
-    ADD_LIT(b, "\",\"path\":\"");
-    accesslog_json_str(b, s->target ? s->target : "", s->target_len);
-    ADD_LIT(b, "\",\"route\":");
+    LINE_LIT(&l, "{\"time\":\"");
+    line_time(&l);
+    LINE_LIT(&l, "\",\"request_id\":\"");
+    line_json(&l, s->request_id, strlen(s->request_id));
+    LINE_LIT(&l, "\",\"client\":\"");
+    line_str(&l, s->client_ip);
+    LINE_LIT(&l, "\",\"proto\":\"");
+    line_str(&l, s->proto);
+    LINE_LIT(&l, "\",\"method\":\"");
+    line_json(&l, s->method ? s->method : "", s->method_len);
+    LINE_LIT(&l, "\",\"host\":\"");
+    line_json(&l, s->host ? s->host : "", s->host_len);
+    LINE_LIT(&l, "\",\"path\":\"");
+    line_json(&l, s->target ? s->target : "", s->target_len);
+    LINE_LIT(&l, "\",\"route\":");
     if (s->route) {
-        ADD_LIT(b, "\"");
-        accesslog_json_str(b, s->route->name, strlen(s->route->name));
-        ADD_LIT(b, "\"");
+        LINE_LIT(&l, "\"");
+        line_json(&l, s->route->name, strlen(s->route->name));
+        LINE_LIT(&l, "\"");
     } else {
-        ADD_LIT(b, "null");
+        LINE_LIT(&l, "null");
     }
-    if (s->cluster)
-        evbuffer_add_printf(b, ",\"cluster\":\"%s\",\"endpoint\":\"%s\",\"decision\":\"%s\"", s->cluster->name, s->endpoint,
-                            decide_reason_name(s->reason));
+    if (s->cluster) {
+        LINE_LIT(&l, ",\"cluster\":\"");
+        line_str(&l, s->cluster->name);
+        LINE_LIT(&l, "\",\"endpoint\":\"");
+        line_str(&l, s->endpoint);
+        LINE_LIT(&l, "\",\"decision\":\"");
+        line_str(&l, decide_reason_name(s->reason));
+        LINE_LIT(&l, "\"");
+    } else {
+        LINE_LIT(&l, ",\"cluster\":null,\"endpoint\":null,\"decision\":null");
+    }
+    if (s->override_rejected)
+        LINE_LIT(&l, ",\"override_rejected\":true,\"status\":");
     else
-        ADD_LIT(b, ",\"cluster\":null,\"endpoint\":null,\"decision\":null");
-    evbuffer_add_printf(b,
-                        ",\"override_rejected\":%s,\"status\":%d,\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
-                        ",\"duration_ms\":%.3f,\"upstream_ms\":%.3f,\"attempts\":%u,\"completed\":%s}\n",
-                        s->override_rejected ? "true" : "false", s->status, s->bytes_in, s->bytes_out,
-                        (double)(end - s->t_start_us) / 1000.0, (double)up_us / 1000.0, s->attempts,
-                        s->resp_done ? "true" : "false");
+        LINE_LIT(&l, ",\"override_rejected\":false,\"status\":");
+    line_u64(&l, (uint64_t)s->status);
+    LINE_LIT(&l, ",\"bytes_in\":");
+    line_u64(&l, s->bytes_in);
+    LINE_LIT(&l, ",\"bytes_out\":");
+    line_u64(&l, s->bytes_out);
+    LINE_LIT(&l, ",\"duration_ms\":");
+    line_ms(&l, end - s->t_start_us);
+    LINE_LIT(&l, ",\"upstream_ms\":");
+    line_ms(&l, up_us);
+    LINE_LIT(&l, ",\"attempts\":");
+    line_u64(&l, s->attempts);
+    if (s->resp_done)
+        LINE_LIT(&l, ",\"completed\":true}\n");
+    else
+        LINE_LIT(&l, ",\"completed\":false}\n");
+    line_flush(&l);
     accesslog_commit(log);
 }
 
