@@ -20,6 +20,7 @@
 #include <stdlib.h>
 
 #include "common.h"
+#include "outbuf.h"
 #include "conn_h2.h"
 #include "stream.h"
 #include "worker.h"
@@ -426,19 +427,24 @@ static long h1_read_body(struct stream *s, struct evbuffer *dst, size_t max, boo
 static void h1_send_head(struct stream *s, int status, const struct h1_header *fields, size_t n, int64_t content_length)
 {
     struct h1conn *c = s->down;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    char line[64];
-    int len = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
-    evbuffer_add(out, line, (size_t)len);
+    struct outbuf ob;
+    struct outbuf *o = &ob;
+    ob_init(o, bufferevent_get_output(c->bev));
+    OB_LIT(o, "HTTP/1.1 ");
+    ob_u64(o, (uint64_t)status);
+    OB_LIT(o, " ");
+    ob_str(o, reason_phrase(status));
+    OB_LIT(o, "\r\n");
     for (size_t i = 0; i < n; i++) {
-        evbuffer_add(out, fields[i].name, fields[i].name_len);
-        ADD_LIT(out, ": ");
-        evbuffer_add(out, fields[i].value, fields[i].value_len);
-        ADD_LIT(out, "\r\n");
+        ob_put(o, fields[i].name, fields[i].name_len);
+        OB_LIT(o, ": ");
+        ob_put(o, fields[i].value, fields[i].value_len);
+        OB_LIT(o, "\r\n");
     }
     if (status == 101 && s->websocket) {
         /* Switching to a tunnel: the hop-by-hop upgrade fields are ours to send. */
-        ADD_LIT(out, "connection: upgrade\r\nupgrade: websocket\r\n\r\n");
+        OB_LIT(o, "connection: upgrade\r\nupgrade: websocket\r\n\r\n");
+        ob_flush(o);
         c->tunnel = true;
         c->body_eof = false;
         c->close_after = true;
@@ -447,22 +453,24 @@ static void h1_send_head(struct stream *s, int status, const struct h1_header *f
     } else if (status == 204 || status == 304 || status < 200) {
         c->resp_no_body = true;
     } else if (content_length >= 0) {
-        len = snprintf(line, sizeof(line), "content-length: %lld\r\n", (long long)content_length);
-        evbuffer_add(out, line, (size_t)len);
+        OB_LIT(o, "content-length: ");
+        ob_u64(o, (uint64_t)content_length);
+        OB_LIT(o, "\r\n");
     } else if (c->resp_no_body) {
         /* HEAD without a known length: nothing to frame. */
     } else if (c->version_minor >= 1) {
-        ADD_LIT(out, "transfer-encoding: chunked\r\n");
+        OB_LIT(o, "transfer-encoding: chunked\r\n");
         c->resp_chunked = true;
     } else {
         c->close_after = true; /* HTTP/1.0: the body ends with the connection */
     }
     if (c->close_after)
-        ADD_LIT(out, "connection: close\r\n\r\n");
+        OB_LIT(o, "connection: close\r\n\r\n");
     else if (c->version_minor == 0)
-        ADD_LIT(out, "connection: keep-alive\r\n\r\n");
+        OB_LIT(o, "connection: keep-alive\r\n\r\n");
     else
-        ADD_LIT(out, "\r\n");
+        OB_LIT(o, "\r\n");
+    ob_flush(o);
 }
 
 static bool h1_send_data(struct stream *s, struct evbuffer *src)
@@ -474,9 +482,11 @@ static bool h1_send_data(struct stream *s, struct evbuffer *src)
         evbuffer_drain(src, len);
     } else if (len) {
         if (c->resp_chunked) {
-            char line[24];
-            int n = snprintf(line, sizeof(line), "%zx\r\n", len);
-            evbuffer_add(out, line, (size_t)n);
+            struct outbuf ob;
+            ob_init(&ob, out);
+            ob_hex(&ob, len);
+            OB_LIT(&ob, "\r\n");
+            ob_flush(&ob);
             evbuffer_add_buffer(out, src);
             ADD_LIT(out, "\r\n");
         } else {

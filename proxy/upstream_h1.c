@@ -19,6 +19,7 @@
 #include <stdlib.h>
 
 #include "common.h"
+#include "outbuf.h"
 #include "pool.h"
 #include "stream.h"
 #include "worker.h"
@@ -95,28 +96,25 @@ static bool skip_request_field(const struct h1_header *f)
     }
 }
 
-static void add_str(struct evbuffer *out, const char *s)
-{
-    evbuffer_add(out, s, strlen(s));
-}
-
 /* Serialise the request head (RFC 9112 §3) with the proxy's fields. */
 static void write_head(struct upconn *c, struct stream *s)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct outbuf ob;
+    struct outbuf *o = &ob;
     const struct cluster_conf *cl = s->cluster;
     const char *xff = NULL, *via = NULL;
     size_t xff_len = 0, via_len = 0;
 
-    evbuffer_add(out, s->method, s->method_len);
-    ADD_LIT(out, " ");
-    evbuffer_add(out, s->target, s->target_len);
-    ADD_LIT(out, " HTTP/1.1\r\nhost: ");
+    ob_init(o, bufferevent_get_output(c->bev));
+    ob_put(o, s->method, s->method_len);
+    OB_LIT(o, " ");
+    ob_put(o, s->target, s->target_len);
+    OB_LIT(o, " HTTP/1.1\r\nhost: ");
     if (cl->host)
-        add_str(out, cl->host);
+        ob_str(o, cl->host);
     else
-        evbuffer_add(out, s->host, s->host_len);
-    ADD_LIT(out, "\r\n");
+        ob_put(o, s->host, s->host_len);
+    OB_LIT(o, "\r\n");
     for (size_t i = 0; i < s->n_fields; i++) {
         const struct h1_header *f = &s->fields[i];
         if (skip_request_field(f)) {
@@ -129,45 +127,48 @@ static void write_head(struct upconn *c, struct stream *s)
             }
             continue;
         }
-        evbuffer_add(out, f->name, f->name_len);
-        ADD_LIT(out, ": ");
-        evbuffer_add(out, f->value, f->value_len);
-        ADD_LIT(out, "\r\n");
+        ob_put(o, f->name, f->name_len);
+        OB_LIT(o, ": ");
+        ob_put(o, f->value, f->value_len);
+        OB_LIT(o, "\r\n");
     }
     /* X-Forwarded-For: append the address we saw to what the client sent
      * (the usual proxy_add_x_forwarded_for semantics). */
-    ADD_LIT(out, "x-forwarded-for: ");
+    OB_LIT(o, "x-forwarded-for: ");
     if (xff_len) {
-        evbuffer_add(out, xff, xff_len);
-        ADD_LIT(out, ", ");
+        ob_put(o, xff, xff_len);
+        OB_LIT(o, ", ");
     }
-    add_str(out, s->client_ip);
-    add_str(out, s->tls ? "\r\nx-forwarded-proto: https\r\nx-forwarded-host: " : "\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
-    evbuffer_add(out, s->host, s->host_len);
-    ADD_LIT(out, "\r\nvia: ");
+    ob_str(o, s->client_ip);
+    ob_str(o, s->tls ? "\r\nx-forwarded-proto: https\r\nx-forwarded-host: " : "\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
+    ob_put(o, s->host, s->host_len);
+    OB_LIT(o, "\r\nvia: ");
     if (via_len) {
-        evbuffer_add(out, via, via_len);
-        ADD_LIT(out, ", ");
+        ob_put(o, via, via_len);
+        OB_LIT(o, ", ");
     }
     /* RFC 9110 §7.6.3: received-protocol, then our pseudonym. */
-    add_str(out, s->version_minor == 0 ? "1.0 cutover" : (s->proto[5] == '2' ? "2 cutover" : "1.1 cutover"));
-    add_str(out, "\r\nx-request-id: ");
-    add_str(out, s->request_id);
+    ob_str(o, s->version_minor == 0 ? "1.0 cutover" : (s->proto[5] == '2' ? "2 cutover" : "1.1 cutover"));
+    OB_LIT(o, "\r\nx-request-id: ");
+    ob_str(o, s->request_id);
     if (s->websocket) {
-        add_str(out, "\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
+        OB_LIT(o, "\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
     } else if (s->has_body) {
-        if (s->content_length >= 0)
-            evbuffer_add_printf(out, "\r\ncontent-length: %lld\r\n\r\n", (long long)s->content_length);
-        else
-            ADD_LIT(out, "\r\ntransfer-encoding: chunked\r\n\r\n");
-    } else if (s->method_len == 4 && (memcmp(s->method, "POST", 4) == 0)) {
-        /* RFC 9110 §8.6: a POST without a body should say so. */
-        ADD_LIT(out, "\r\ncontent-length: 0\r\n\r\n");
-    } else if (s->method_len == 3 && memcmp(s->method, "PUT", 3) == 0) {
-        ADD_LIT(out, "\r\ncontent-length: 0\r\n\r\n");
+        if (s->content_length >= 0) {
+            OB_LIT(o, "\r\ncontent-length: ");
+            ob_u64(o, (uint64_t)s->content_length);
+            OB_LIT(o, "\r\n\r\n");
+        } else {
+            OB_LIT(o, "\r\ntransfer-encoding: chunked\r\n\r\n");
+        }
+    } else if ((s->method_len == 4 && memcmp(s->method, "POST", 4) == 0) ||
+               (s->method_len == 3 && memcmp(s->method, "PUT", 3) == 0)) {
+        /* RFC 9110 §8.6: a POST or PUT without a body should say so. */
+        OB_LIT(o, "\r\ncontent-length: 0\r\n\r\n");
     } else {
-        ADD_LIT(out, "\r\n\r\n");
+        OB_LIT(o, "\r\n\r\n");
     }
+    ob_flush(o);
 }
 
 static void attach(struct upconn *c, struct stream *s)
@@ -285,9 +286,11 @@ static void up_send_body(struct upstream *u, struct evbuffer *buf, bool eof)
         return;
     }
     if (len) {
-        char line[24];
-        int n = snprintf(line, sizeof(line), "%zx\r\n", len);
-        evbuffer_add(out, line, (size_t)n);
+        struct outbuf ob;
+        ob_init(&ob, out);
+        ob_hex(&ob, len);
+        OB_LIT(&ob, "\r\n");
+        ob_flush(&ob);
         evbuffer_add_buffer(out, buf);
         ADD_LIT(out, "\r\n");
     }
