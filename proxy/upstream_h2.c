@@ -18,7 +18,15 @@
  * Requests are submitted only after the upstream's SETTINGS arrived, so its
  * SETTINGS_MAX_CONCURRENT_STREAMS is known before the first HEADERS (nghttp2
  * queues requests beyond it). Until then a connecting session is assumed to
- * take H2U_MAX_STREAMS.
+ * take H2U_MAX_STREAMS. A session full to min(peer limit, 100) makes the
+ * next exchange open another connection.
+ *
+ * Failures: a stream the upstream never processed (REFUSED_STREAM, above a
+ * GOAWAY's last stream id, or never written before the connection broke) is
+ * reported retryable, so the stream retries it once on a fresh connection;
+ * anything else answers 502 (504 on the first-byte timeout), or aborts the
+ * client's response once its head went out. Response trailers are passed on
+ * (stream_up_trailers) just before the end.
  *
  * Flow control: automatic WINDOW_UPDATEs are off. Response DATA is released
  * from the connection window as soon as it is buffered here, and from its
@@ -756,7 +764,9 @@ static int on_frame_recv(nghttp2_session *ngh, const nghttp2_frame *frame, void 
             sess->ready = true;
             struct h2ustream *st;
             TAILQ_FOREACH(st, &sess->streams, link)
-            mark(st);
+            {
+                mark(st);
+            }
         }
         return 0;
     case NGHTTP2_GOAWAY:
@@ -774,8 +784,8 @@ static int on_frame_recv(nghttp2_session *ngh, const nghttp2_frame *frame, void 
         return 0;
     }
     struct h2ustream *st = stream_of(ngh, frame->hd.stream_id);
-    if (st == NULL)
-        return 0;
+    if (st == NULL || st->s == NULL)
+        return 0; /* released: on_stream_close frees it */
     st->got_frame = true;
     if (frame->hd.type == NGHTTP2_HEADERS && !st->in_trailers && !st->head_ready) {
         if (st->status >= 200) {

@@ -753,3 +753,384 @@ def wait_listening(port, timeout=10):
             return False
 
     wait_for(up, timeout, what=f"a listener on 127.0.0.1:{port}")
+
+
+# ---------------------------------------------------------------- admin, metrics, reloads, h2load, HTTP/2
+
+
+def with_admin(text, port, token=None):
+    """Add an `admin:` mapping on 127.0.0.1:port (and a token) to a
+    render_config() text."""
+    admin = {"address": f"127.0.0.1:{port}"}
+    if token is not None:
+        admin["token"] = token
+    return text + "admin: " + _flow(admin) + "\n"
+
+
+def admin_call(port, path, method="GET", token=None, headers=None, timeout=10):
+    """One request to the admin listener; returns (status, {lowercase
+    header: value}, body bytes)."""
+    import http.client
+    h = dict(headers or {})
+    if token is not None:
+        h["Authorization"] = f"Bearer {token}"
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout * SLOW)
+    try:
+        c.request(method, path, headers=h)
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        c.close()
+
+
+def admin_json(port, path="/status"):
+    status, _, body = admin_call(port, path)
+    assert status == 200, f"GET {path} -> {status} {body!r}"
+    return json.loads(body)
+
+
+def scrape(port):
+    """/metrics parsed with prometheus_client: {(sample name, ((label,
+    value), ...) sorted): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+    status, _, body = admin_call(port, "/metrics")
+    assert status == 200, f"GET /metrics -> {status}"
+    out = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metric(samples, name, **labels):
+    """One sample of a scrape() result; 0 when absent (labelled counters
+    appear once they are non-zero)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def hup_reload(proxy, text=None, expect_ok=True, timeout=10):
+    """Like Proxy.reload(), but waits for the stderr line of this SIGHUP
+    itself ("reloaded ... (SIGHUP)" / "reload refused (SIGHUP)"), so a file
+    watch that happens to pick the new file up first cannot be mistaken for
+    it. Returns the new stderr lines."""
+    ok_rx, bad_rx = r"\breloaded\b.*\(SIGHUP\)", r"\breload refused \(SIGHUP\)"
+    ok0, bad0 = proxy.count_in_stderr(ok_rx), proxy.count_in_stderr(bad_rx)
+    n0 = len(proxy.stderr_text().splitlines())
+    if text is not None:
+        proxy.write_config(text)
+    proxy.proc.send_signal(signal.SIGHUP)
+
+    def done():
+        ok, bad = proxy.count_in_stderr(ok_rx) > ok0, proxy.count_in_stderr(bad_rx) > bad0
+        return (ok, bad) if ok or bad else None
+
+    ok, bad = wait_for(done, timeout, what="the SIGHUP reload to be logged on stderr")
+    assert ok == expect_ok, f"SIGHUP reload {'refused' if bad else 'applied'}:\n{proxy.stderr_text()[-4000:]}"
+    return proxy.stderr_text().splitlines()[n0:]
+
+
+H2LOAD_REQ_RX = re.compile(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                           r"(\d+) errored, (\d+) timeout", re.M)
+H2LOAD_STATUS_RX = re.compile(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", re.M)
+
+
+def parse_h2load(out):
+    """h2load's summary as a dict: total, started, done, succeeded, failed,
+    errored, timeout, 2xx, 3xx, 4xx, 5xx."""
+    m, s = H2LOAD_REQ_RX.search(out), H2LOAD_STATUS_RX.search(out)
+    assert m and s, f"no h2load summary in:\n{out[-3000:]}"
+    keys = ("total", "started", "done", "succeeded", "failed", "errored", "timeout")
+    d = dict(zip(keys, map(int, m.groups())))
+    d.update(zip(("2xx", "3xx", "4xx", "5xx"), map(int, s.groups())))
+    return d
+
+
+class H2Conn:
+    """A small HTTP/2 client (python3-h2) on one cleartext connection with
+    prior knowledge. request() opens a stream; response() pumps the socket
+    until that stream ends. Received DATA is acknowledged at once. A GOAWAY
+    from the server is kept in self.goaway (h2's ConnectionTerminated), and
+    streams up to its last_stream_id may still complete: h2 4.x closes its
+    connection state machine on GOAWAY (python-hyper/h2 issue #1181), so
+    frames are fed to it one at a time and the state is put back to open
+    after a GOAWAY."""
+
+    def __init__(self, port, timeout=10):
+        import h2.config
+        import h2.connection
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout * SLOW)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.h2.initiate_connection()
+        self.sock.sendall(self.h2.data_to_send())
+        self.streams = {}
+        self.goaway = None
+        self.eof = False
+        self.inbuf = b""
+
+    def request(self, path, host="app.example", method="GET", headers=()):
+        sid = self.h2.get_next_available_stream_id()
+        hdrs = [(":method", method), (":scheme", "http"), (":authority", host), (":path", path)] + list(headers)
+        self.h2.send_headers(sid, hdrs, end_stream=True)
+        self.sock.sendall(self.h2.data_to_send())
+        self.streams[sid] = {"headers": None, "body": bytearray(), "ended": False, "reset": None}
+        return sid
+
+    def pump(self, timeout):
+        """Read once (up to timeout seconds) and handle the events."""
+        import h2.events
+        if self.eof:
+            raise EOFError("connection closed by peer")
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(1 << 20)
+        except socket.timeout:
+            return
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.eof = True
+            return
+        self.inbuf += data
+        events = []
+        while len(self.inbuf) >= 9 and len(self.inbuf) >= 9 + int.from_bytes(self.inbuf[:3], "big"):
+            n = 9 + int.from_bytes(self.inbuf[:3], "big")
+            frame, self.inbuf = self.inbuf[:n], self.inbuf[n:]
+            for ev in self.h2.receive_data(frame):
+                events.append(ev)
+                if isinstance(ev, h2.events.ConnectionTerminated):
+                    import h2.connection
+                    self.h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        for ev in events:
+            st = self.streams.get(getattr(ev, "stream_id", None))
+            if isinstance(ev, h2.events.ResponseReceived) and st is not None:
+                st["headers"] = dict(ev.headers)
+            elif isinstance(ev, h2.events.DataReceived):
+                if st is not None:
+                    st["body"] += ev.data
+                if ev.flow_controlled_length:
+                    self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded) and st is not None:
+                st["ended"] = True
+            elif isinstance(ev, h2.events.StreamReset) and st is not None:
+                st["reset"] = ev.error_code
+                st["ended"] = True
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                self.goaway = ev
+        out = self.h2.data_to_send()
+        if out:
+            try:
+                self.sock.sendall(out)
+            except OSError:
+                pass
+
+    def wait(self, cond, timeout=10, what="an HTTP/2 event"):
+        deadline = time.monotonic() + timeout * SLOW
+        while not cond():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out after {timeout * SLOW:.1f}s waiting for {what}")
+            if self.eof:
+                raise EOFError(f"connection closed while waiting for {what}")
+            self.pump(min(left, 0.5))
+
+    def response(self, sid, timeout=10):
+        """(status, headers dict, body bytes) of stream sid once it ends."""
+        st = self.streams[sid]
+        self.wait(lambda: st["ended"], timeout, what=f"stream {sid} to end")
+        assert st["reset"] is None, f"stream {sid} was reset with error {st['reset']}"
+        return int(st["headers"][":status"]), st["headers"], bytes(st["body"])
+
+    def get(self, path, host="app.example", headers=(), timeout=10):
+        return self.response(self.request(path, host=host, headers=headers), timeout)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------- abuse tests: bystander, CPU, sockets
+
+# How much the proxy's RSS may grow while it is under attack (before -> peak,
+# before -> after). Sanitizer builds keep freed memory in quarantine.
+ATTACK_RSS_BOUND_KB = (256 if SANITIZE else 64) * 1024
+
+
+class Bystander:
+    """A well-behaved HTTP/1.1 client in a background thread: keep-alive GETs
+    of `path` to 127.0.0.1:`port`, back to back (a fresh connection whenever
+    the proxy closes one), while it samples the RSS of `pid`. Use it around an
+    attack:
+
+        with Bystander(proxy.port, proxy.pid) as b:
+            attack()
+            b.wait_more(5)        # served while the attack's effects last
+        b.check()                 # no failure, RSS within the bound
+
+    ok / failures count the answers; rss_before, rss_peak and rss_after are
+    KiB."""
+
+    def __init__(self, port, pid, path="/bystander", host="app.example", expect=200, timeout=5):
+        import threading
+        self.port, self.pid, self.path, self.host, self.expect = port, pid, path, host, expect
+        self.timeout = timeout
+        self.ok = 0
+        self.failures = []
+        self.rss_before = self.rss_peak = self.rss_after = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self):
+        try:
+            self.rss_peak = max(self.rss_peak, rss_kb(self.pid))
+        except (OSError, RuntimeError):
+            pass
+
+    def _run(self):
+        conn = None
+        while not self._stop.is_set():
+            self._sample()
+            try:
+                if conn is None:
+                    conn = RawConn(self.port, timeout=self.timeout)
+                conn.send(request("GET", self.path, host=self.host))
+                r = conn.read_response()
+                if r.status == self.expect:
+                    self.ok += 1
+                else:
+                    self.failures.append(f"status {r.status}")
+                if r.header("connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, EOFError, AssertionError) as e:
+                self.failures.append(f"{type(e).__name__}: {e}")
+                if conn is not None:
+                    conn.close()
+                conn = None
+            self._stop.wait(0.01)
+        if conn is not None:
+            conn.close()
+
+    def start(self):
+        self.rss_before = self.rss_peak = rss_kb(self.pid)
+        self._thread.start()
+        wait_for(lambda: self.ok > 0 or self.failures, 5, what="the bystander's first answer")
+        return self
+
+    def wait_more(self, n, timeout=10):
+        """Wait until n more requests succeeded (the proxy keeps serving)."""
+        target = self.ok + n
+        wait_for(lambda: self.ok >= target or len(self.failures) > 0, timeout,
+                 what=f"{n} more bystander answers")
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(10 * SLOW)
+        try:
+            self.rss_after = rss_kb(self.pid)
+            self.rss_peak = max(self.rss_peak, self.rss_after)
+        except (OSError, RuntimeError):
+            pass
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    def check(self, rss_bound_kb=ATTACK_RSS_BOUND_KB, min_ok=1):
+        """No failed answer, at least min_ok good ones, and RSS (peak and
+        after) within rss_bound_kb of what it was before."""
+        assert not self.failures, f"the well-behaved client failed {len(self.failures)} times: {self.failures[:5]}"
+        assert self.ok >= min_ok, f"the well-behaved client got only {self.ok} answers (wanted {min_ok})"
+        assert self.rss_after is not None, "proxy RSS not readable after the attack (did it exit?)"
+        assert self.rss_peak - self.rss_before <= rss_bound_kb, (
+            f"proxy RSS grew by {(self.rss_peak - self.rss_before) // 1024} MiB during the attack "
+            f"({self.rss_before} -> peak {self.rss_peak} KiB; bound {rss_bound_kb // 1024} MiB)")
+        assert self.rss_after - self.rss_before <= rss_bound_kb, (
+            f"proxy RSS {self.rss_before} -> {self.rss_after} KiB after the attack (bound {rss_bound_kb // 1024} MiB)")
+
+    def summary(self):
+        return (f"bystander: {self.ok} ok, {len(self.failures)} failed; RSS {self.rss_before} -> "
+                f"peak {self.rss_peak} -> after {self.rss_after} KiB")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process in seconds (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tcp_states_to(port):
+    """{local port: state} of IPv4 TCP sockets whose REMOTE end is
+    127.0.0.1:port, i.e. the client side of connections to a listener on
+    `port` (states as in /proc/net/tcp: "01" ESTABLISHED, "06" TIME_WAIT...)."""
+    out = {}
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if int(parts[2].split(":")[1], 16) == port:
+                out[int(parts[1].split(":")[1], 16)] = parts[3]
+    return out
+
+
+def duplex(sock, data, on_recv, done, timeout=60):
+    """Write `data` to sock while passing every chunk received to
+    on_recv(bytes), from this one thread (an ssl.SSLSocket must not be read
+    and written by two threads at once), until all of data is written and
+    done() is true. EOFError if the peer closes first; AssertionError after
+    `timeout` seconds (scaled by SLOW) without progress."""
+    import ssl
+    old = sock.gettimeout()
+    sock.setblocking(False)
+    mv = memoryview(data)
+    off = 0
+    retry = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError)
+    deadline = time.monotonic() + timeout * SLOW
+    try:
+        while off < len(mv) or not done():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"duplex: no progress for {timeout * SLOW:.0f}s ({off} of {len(mv)} bytes sent)")
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                readable, writable = True, False
+            else:
+                r, w, _ = select.select([sock], [sock] if off < len(mv) else [], [], 0.5)
+                readable, writable = bool(r), bool(w)
+            if readable:
+                try:
+                    chunk = sock.recv(1 << 20)
+                except retry:
+                    chunk = None
+                if chunk == b"":
+                    raise EOFError(f"duplex: closed by the peer ({off} of {len(mv)} bytes sent)")
+                if chunk:
+                    on_recv(chunk)
+                    deadline = time.monotonic() + timeout * SLOW
+            if writable:
+                try:
+                    off += sock.send(mv[off:off + 65536])  # a retry sends the same slice again
+                    deadline = time.monotonic() + timeout * SLOW
+                except retry:
+                    pass
+    finally:
+        sock.settimeout(old)
+
+
+def socket_inodes(pid):
+    """Inodes of the sockets process `pid` has open, as a set: the sockets
+    opened since an earlier call are the difference (closing idle pooled
+    connections meanwhile cannot hide one)."""
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            out.add(target)
+    return out

@@ -29,8 +29,8 @@ import h2.settings
 import pytest
 
 from certs import make_ca, make_leaf
-from conftest import (PATTERN, ROOT, SANITIZE, SLOW, cluster, free_port, pattern_sha256, render_config, route,
-                      rss_kb, wait_for, wait_listening, with_listeners)
+from conftest import (PATTERN, ROOT, SANITIZE, SLOW, cluster, free_port, pattern_sha256,
+                      render_config, request, route, rss_kb, socket_inodes, wait_for, wait_listening, with_listeners)
 
 MiB = 1 << 20
 BIG = 64 * MiB
@@ -323,6 +323,7 @@ def test_slow_reader_keeps_proxy_memory_bounded(setup):
         assert warm.get(f"/bytes/{MiB}").body_len == MiB
     warm.close()
     base = rss_kb(proxy.pid)
+    sockets0 = socket_inodes(proxy.pid)
     c = client(setup, timeout=30)
     c.auto_ack = False
     h = hashlib.sha256()
@@ -352,13 +353,43 @@ def test_slow_reader_keeps_proxy_memory_bounded(setup):
     # What did arrive is the right prefix of the body.
     prefix = (PATTERN * (got // len(PATTERN) + 1))[:got]
     assert h.hexdigest() == hashlib.sha256(prefix).hexdigest()
-    # Cancel; the connection goes on serving.
+    # Cancel: the upstream connection of the stream is closed (only the
+    # client's own connection is left of what was opened), and the
+    # connection goes on serving.
     c.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
     c.flush()
+    wait_for(lambda: len(socket_inodes(proxy.pid) - sockets0) <= 1, 5,
+             what="the proxy to close the upstream connection of the reset stream")
     c.auto_ack = True
     st2 = c.get("/hello")
     assert st2.status == 200 and st2.body == b"aws\n"
     c.close()
+    proxy.assert_alive()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "h2-tls"])
+def test_client_gone_mid_download_releases_everything(setup, tls):
+    """The client stops reading a 256 MiB download and drops the TCP
+    connection (with unread data: a reset): the proxy closes the upstream
+    connection of each stream instead of keeping it open."""
+    proxy = setup["proxy"]
+    sockets0 = socket_inodes(proxy.pid)
+    c = client(setup, tls)
+    c.auto_ack = False
+    sids = [c.request("GET", f"/bytes/{256 * MiB}?i={i}") for i in range(3)]
+    wait_for(lambda: c.pump(0.1) and all(c.streams[s].status for s in sids), 10, what="three response heads")
+    c.close()
+    left = []
+
+    def released():
+        left[:] = socket_inodes(proxy.pid) - sockets0
+        return not left
+
+    try:
+        wait_for(released, 5)
+    except AssertionError:
+        raise AssertionError(f"5 s after an HTTP/2 client left mid-download the proxy still holds {len(left)} "
+                             f"socket(s) opened since it came") from None
     proxy.assert_alive()
 
 
@@ -376,6 +407,37 @@ def test_100_concurrent_streams(setup):
         assert not bad, f"{len(bad)} of 100 concurrent streams failed: {bad[:5]}"
     finally:
         c.close()
+
+
+def test_client_reset_mid_upload_aborts_the_upstream_request(setup):
+    """RST_STREAM(CANCEL) after 1 MiB of a 10 MiB body, once the upstream
+    has answered the head (so the request is certainly forwarded): the
+    upstream connection is closed and the mock records an incomplete request;
+    the client connection goes on."""
+    mock = setup["mock"]
+    c = client(setup, timeout=30)
+    try:
+        sid = c.request("POST", "/echo?case=client-reset", headers=[("content-length", str(10 * MiB))], end=False)
+        c.send_body(sid, os.urandom(MiB), end=False)
+        st = c.streams[sid]
+        wait_for(lambda: c.pump(0.1) and st.status, 10, what="the echo's response head")
+        c.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        c.flush()
+        recs = wait_for(lambda: recorded(mock, "case=client-reset"), 5, what="the upstream's record of the request")
+        assert not recs[0]["complete"] and recs[0]["body_bytes"] < 10 * MiB, recs
+        ok = c.get("/hello")
+        assert ok.status == 200 and ok.body == b"aws\n"
+    finally:
+        c.close()
+
+
+def test_head_request(setup):
+    c = client(setup)
+    try:
+        st = c.wait(c.request("HEAD", "/bytes/5000"))
+    finally:
+        c.close()
+    assert st.status == 200 and st.body == b"" and st.header("content-length") == "5000", (st.headers, st.body)
 
 
 # ---------------------------------------------------------------- malformed requests
@@ -659,7 +721,6 @@ def test_trailers_to_an_h2_client(trailers_setup):
 @needs_h2_upstream
 def test_trailers_to_an_http11_client_with_chunked(trailers_setup):
     proxy, _ = trailers_setup
-    from conftest import request
     c = proxy.conn()
     try:
         c.send(request("GET", "/svc/x", headers=[("TE", "trailers")], close=True))
