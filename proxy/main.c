@@ -7,7 +7,6 @@
  */
 #include <errno.h>
 #include <event2/event.h>
-#include <event2/thread.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -276,7 +275,9 @@ int main(int argc, char **argv)
     app.started = time(NULL);
 
     signal(SIGPIPE, SIG_IGN);
-    evthread_use_pthreads();
+    /* No evthread_use_pthreads(): every event_base is used by one thread
+     * only (workers are woken through an eventfd), so libevent needs no
+     * locks on the request path. */
     app.base = event_base_new();
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     app.n_workers = workers_override ? (unsigned)workers_override

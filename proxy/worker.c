@@ -15,6 +15,7 @@
 #include <openssl/ssl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -385,6 +386,25 @@ static void drop_pending(struct worker *w)
     w->pending = NULL;
 }
 
+static void worker_notify(struct worker *w)
+{
+    uint64_t one = 1;
+    ssize_t r = write(w->notify_fd, &one, sizeof(one));
+    (void)r; /* a full counter (EAGAIN) already means "wake up" */
+}
+
+/* The main thread poked us: a new config and/or a stop request. */
+static void on_notify(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    uint64_t n;
+    ssize_t r = read(fd, &n, sizeof(n));
+    (void)r;
+    on_swap(-1, 0, w);
+    if (atomic_load(&w->stop_requested))
+        on_stop(-1, 0, w);
+}
+
 void worker_set_config(struct worker *w, struct config *cfg, int *fds)
 {
     pthread_mutex_lock(&w->swap_lock);
@@ -392,7 +412,7 @@ void worker_set_config(struct worker *w, struct config *cfg, int *fds)
     w->pending = config_ref(cfg);
     w->pending_fds = fds;
     pthread_mutex_unlock(&w->swap_lock);
-    event_active(w->swap_ev, EV_READ, 1);
+    worker_notify(w);
 }
 
 struct worker *worker_new(unsigned id, struct config *cfg)
@@ -418,8 +438,9 @@ struct worker *worker_new(unsigned id, struct config *cfg)
     w->stats = stats_table_new();
     index_stats(w, cfg);
     w->log = accesslog_new(w);
-    w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
-    w->swap_ev = event_new(w->base, -1, 0, on_swap, w);
+    w->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    w->notify_ev = event_new(w->base, w->notify_fd, EV_READ | EV_PERSIST, on_notify, w);
+    event_add(w->notify_ev, NULL);
     pthread_mutex_init(&w->swap_lock, NULL);
 
     w->listeners = co_calloc(cfg->n_listeners, sizeof(*w->listeners));
@@ -461,7 +482,8 @@ int worker_start(struct worker *w)
 
 void worker_stop(struct worker *w)
 {
-    event_active(w->stop_ev, EV_READ, 1);
+    atomic_store(&w->stop_requested, true);
+    worker_notify(w);
 }
 
 void worker_join_free(struct worker *w)
@@ -474,10 +496,10 @@ void worker_join_free(struct worker *w)
     free(w->listeners);
     if (w->drain_timer)
         event_free(w->drain_timer);
-    if (w->stop_ev)
-        event_free(w->stop_ev);
-    if (w->swap_ev)
-        event_free(w->swap_ev);
+    if (w->notify_ev)
+        event_free(w->notify_ev);
+    if (w->notify_fd > 0)
+        close(w->notify_fd);
     drop_pending(w);
     pthread_mutex_destroy(&w->swap_lock);
     if (w->log)

@@ -1,8 +1,8 @@
 /*
  * worker.h - one worker thread: its event_base, listeners, connections,
  * upstream pools and counters. Everything reachable from a worker is touched
- * only by that worker's thread; the main thread talks to it through
- * event_active() on events created with evthread support.
+ * only by that worker's thread; the main thread talks to it through an
+ * eventfd (so the worker's event_base needs no locks at all).
  */
 #ifndef CUTOVER_WORKER_H
 #define CUTOVER_WORKER_H
@@ -52,8 +52,9 @@ struct worker {
     struct stats_table *stats; /* labelled counters by route/cluster */
     struct route_stats **rs_index;   /* [route index * DECIDE_MAX_SPLIT + split index] for cfg */
     struct cluster_stats **cs_index; /* [cluster index] for cfg */
-    struct event *stop_ev;     /* activated by the main thread on SIGTERM */
-    struct event *swap_ev;     /* activated by the main thread when a new config is ready */
+    int notify_fd;             /* eventfd: the main thread wakes the worker (new config, stop) */
+    struct event *notify_ev;   /* reads notify_fd on the worker's loop */
+    atomic_bool stop_requested; /* set by the main thread before a notify */
     pthread_mutex_t swap_lock; /* guards `pending` only (main thread -> worker hand-off) */
     struct config *pending;    /* next snapshot, owned reference */
     int *pending_fds;          /* listening sockets bound for it: [listener index] or -1 (owned) */
