@@ -25,6 +25,8 @@
 struct admin {
     struct app *app;
     struct evhttp *http;
+    char *token; /* fixed at start like the address: a reload that drops or
+                    changes the token must not open the admin side */
 };
 
 static void json_str(struct evbuffer *b, const char *s)
@@ -302,9 +304,9 @@ static void reply_text(struct evhttp_request *req, int code, const char *reason,
 }
 
 /* Bearer token check in constant time. True when no token is configured. */
-static bool authorized(struct app *app, struct evhttp_request *req)
+static bool authorized(struct admin *a, struct evhttp_request *req)
 {
-    const char *token = app->cfg->admin.token;
+    const char *token = a->token;
     if (token == NULL)
         return true;
     const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
@@ -352,7 +354,7 @@ static void on_request(struct evhttp_request *req, void *arg)
             reply_text(req, 405, "Method Not Allowed", "use POST\n");
             return;
         }
-        if (!authorized(app, req)) {
+        if (!authorized(a, req)) {
             evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
             reply_text(req, 401, "Unauthorized", "a valid bearer token is required\n");
             return;
@@ -382,6 +384,7 @@ struct admin *admin_new(struct app *app)
     const struct admin_conf *conf = &app->cfg->admin;
     struct admin *a = co_calloc(1, sizeof(*a));
     a->app = app;
+    a->token = conf->token ? co_strdup(conf->token) : NULL;
     a->http = evhttp_new(app->base);
     evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST);
     evhttp_set_max_headers_size(a->http, 16 * 1024);
@@ -419,5 +422,6 @@ void admin_free(struct admin *a)
         return;
     if (a->http)
         evhttp_free(a->http);
+    free(a->token);
     free(a);
 }

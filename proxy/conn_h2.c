@@ -89,6 +89,9 @@ struct h2stream {
     bool pending;
     struct h2stream *prev, *next; /* all streams of the connection */
     uint64_t last_send_ms;        /* last time response DATA moved to the client */
+    uint64_t created_ms;          /* HEADERS began: the head must complete within timeouts.header */
+    uint64_t last_recv_ms;        /* last request DATA: the body must progress within timeouts.body */
+    int bad_status;               /* 400 or 431 for a refused head */
 };
 
 struct h2conn {
@@ -109,6 +112,7 @@ struct h2conn {
     uint64_t glitches;        /* total, for the log line */
     unsigned pings, settings;
     bool calm;                /* GOAWAY ENHANCE_YOUR_CALM sent */
+    bool dead;                /* nghttp2 failed fatally: only our GOAWAY is left to write */
     struct event *stall;      /* zero-window reader check */
 };
 
@@ -372,6 +376,7 @@ static struct h2stream *h2stream_new(struct h2conn *c, int32_t id)
     st->req_body = evbuffer_new();
     st->resp_body = evbuffer_new();
     st->content_length = -1;
+    st->created_ms = st->last_recv_ms = co_now_ms();
     st->method_ref = st->path_ref = st->authority_ref = st->scheme_ref = st->host_ref = -1;
     st->next = c->streams;
     if (c->streams)
@@ -469,8 +474,11 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     }
     const struct limits_conf *lim = &c->worker->cfg->limits;
     st->header_bytes += namelen + valuelen + 32;
-    if (st->header_bytes > lim->max_header_bytes || st->n_refs >= lim->max_headers)
+    if (st->header_bytes > lim->max_header_bytes || st->n_refs >= lim->max_headers) {
+        if (!st->bad)
+            st->bad_status = 431;
         return refuse(st, "header list too large");
+    }
     /* nghttp2 (RFC 9113 §8.2) already refuses uppercase names, connection-
      * specific fields and bad pseudo-headers; check again what an HTTP/1.1
      * upstream would read differently. */
@@ -627,7 +635,10 @@ static void begin_request(struct h2conn *c, struct h2stream *st, bool end_stream
         log_info("client %s: HTTP/2 stream %d refused with 400: %s", c->client_ip, st->id, why);
         s->has_body = false;
         st->req_eof = true;
-        stream_respond(s, 400, "bad request\n");
+        if (st->bad_status == 431)
+            stream_respond(s, 431, "request header fields too large\n");
+        else
+            stream_respond(s, 400, "bad request\n");
         return;
     }
     uint64_t max_body = w->cfg->limits.max_body_bytes;
@@ -719,11 +730,33 @@ static int on_invalid_header(nghttp2_session *session, const nghttp2_frame *fram
     return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
 }
 
-/* Frames of unknown types cost parsing and nothing else. */
-static int on_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, void *user)
+/* Frames of unknown types cost parsing and nothing else. nghttp2 only
+ * reports extension types that are registered, so every unassigned type is
+ * registered (nghttp2_option_set_user_recv_extension_type) and discarded
+ * here after being charged. */
+static int on_extension_chunk(nghttp2_session *session, const nghttp2_frame_hd *hd, const uint8_t *data, size_t len,
+                              void *user)
 {
-    if (hd->type > NGHTTP2_CONTINUATION && hd->type != 0x10 /* PRIORITY_UPDATE */)
-        glitch(user, "unknown frame type", 1);
+    return 0;
+}
+
+static int on_unpack_extension(nghttp2_session *session, void **payload, const nghttp2_frame_hd *hd, void *user)
+{
+    glitch(user, "unknown frame type", 1);
+    *payload = NULL;
+    return NGHTTP2_ERR_CANCEL; /* ignore the frame */
+}
+
+/* Every stream the server resets for a protocol reason (nghttp2's own
+ * checks included: content-length, flow control, stream state) was caused
+ * by the client: MadeYouReset (CVE-2025-8671) is paid for here. */
+static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user)
+{
+    if (frame->hd.type == NGHTTP2_RST_STREAM) {
+        uint32_t code = frame->rst_stream.error_code;
+        if (code != NGHTTP2_NO_ERROR && code != NGHTTP2_CANCEL && code != NGHTTP2_INTERNAL_ERROR)
+            glitch(user, "stream reset by the server", 1);
+    }
     return 0;
 }
 
@@ -735,6 +768,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
         return 0;
     }
     st->received += len;
+    st->last_recv_ms = co_now_ms();
     if (st->content_length >= 0 && st->received > (uint64_t)st->content_length) {
         nghttp2_session_consume(session, id, len);
         nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, id, NGHTTP2_PROTOCOL_ERROR);
@@ -785,9 +819,38 @@ static void run_pending(struct h2conn *c)
 static void on_post(evutil_socket_t fd, short what, void *arg)
 {
     struct h2conn *c = arg;
+    if (c->dead)
+        return;
     run_pending(c);
     if (flush_session(c) != CO_OK)
         conn_free(c);
+}
+
+/* nghttp2 gave up on the session (fatal error: CONTINUATION or other
+ * floods, bad framing). It can no longer write, so the GOAWAY (RFC 9113
+ * §6.8) is composed here; the connection closes once it is out. */
+static void fatal_goaway(struct h2conn *c, int lib_error)
+{
+    uint32_t code = (lib_error == NGHTTP2_ERR_FLOODED || lib_error == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS ||
+                     lib_error == NGHTTP2_ERR_TOO_MANY_SETTINGS)
+                        ? NGHTTP2_ENHANCE_YOUR_CALM
+                        : NGHTTP2_PROTOCOL_ERROR;
+    if (code == NGHTTP2_ENHANCE_YOUR_CALM)
+        METRIC_INC(c->worker->metrics.h2_calm);
+    int32_t last = nghttp2_session_get_last_proc_stream_id(c->session);
+    uint8_t f[17] = {0, 0, 8, NGHTTP2_GOAWAY, 0, 0, 0, 0, 0};
+    f[9] = (uint8_t)(last >> 24) & 0x7f;
+    f[10] = (uint8_t)(last >> 16);
+    f[11] = (uint8_t)(last >> 8);
+    f[12] = (uint8_t)last;
+    f[13] = (uint8_t)(code >> 24);
+    f[14] = (uint8_t)(code >> 16);
+    f[15] = (uint8_t)(code >> 8);
+    f[16] = (uint8_t)code;
+    c->dead = true;
+    c->closing = true;
+    bufferevent_disable(c->bev, EV_READ);
+    evbuffer_add(bufferevent_get_output(c->bev), f, sizeof(f));
 }
 
 static void on_read(struct bufferevent *bev, void *arg)
@@ -801,7 +864,7 @@ static void on_read(struct bufferevent *bev, void *arg)
         ssize_t n = nghttp2_session_mem_recv(c->session, v.iov_base, v.iov_len);
         if (n < 0) {
             log_info("client %s: HTTP/2 connection error: %s", c->client_ip, nghttp2_strerror((int)n));
-            conn_free(c);
+            fatal_goaway(c, (int)n);
             return;
         }
         evbuffer_drain(in, (size_t)n);
@@ -825,6 +888,11 @@ static void on_read(struct bufferevent *bev, void *arg)
 static void on_write(struct bufferevent *bev, void *arg)
 {
     struct h2conn *c = arg;
+    if (c->dead) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+            conn_free(c);
+        return;
+    }
     if (flush_session(c) != CO_OK) {
         conn_free(c);
         return;
@@ -844,10 +912,46 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 static void on_stall_check(evutil_socket_t fd, short what, void *arg)
 {
     struct h2conn *c = arg;
-    uint64_t now = co_now_ms(), limit = c->worker->cfg->timeouts.send_ms;
+    if (c->dead)
+        return;
+    const struct timeouts_conf *to = &c->worker->cfg->timeouts;
+    uint64_t now = co_now_ms(), limit = to->send_ms;
     bool reset = false;
-    for (struct h2stream *st = c->streams; st; st = st->next) {
-        if (st->s == NULL || evbuffer_get_length(st->resp_body) == 0)
+    for (struct h2stream *st = c->streams, *next; st; st = next) {
+        next = st->next;
+        if (st->s == NULL) {
+            /* HTTP/2 slowloris: a header block never finished. Nothing else
+             * can happen on the connection meanwhile (CONTINUATION must
+             * follow), so end it. */
+            if (now - st->created_ms > to->header_ms) {
+                log_info("client %s: HTTP/2 request head not complete within %llu ms; GOAWAY", c->client_ip,
+                         (unsigned long long)to->header_ms);
+                nghttp2_session_terminate_session(c->session, NGHTTP2_NO_ERROR);
+                c->closing = true;
+                reset = true;
+                break;
+            }
+            continue;
+        }
+        if (!st->core_done && !st->req_eof && now - st->last_recv_ms > to->body_ms) {
+            /* The request body stalled: 408 if nothing was answered yet. */
+            struct stream *s = st->s;
+            st->last_recv_ms = now;
+            st->req_eof = true;
+            METRIC_INC(c->worker->metrics.bad_requests);
+            log_info("client %s: HTTP/2 stream %d: request body stalled for %llu ms", c->client_ip, st->id,
+                     (unsigned long long)to->body_ms);
+            if (!s->resp_started) {
+                stream_abort(s);
+                s->finished = false;
+                stream_respond(s, 408, "request body not received in time\n");
+            } else {
+                nghttp2_submit_rst_stream(c->session, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+            }
+            reset = true;
+            continue;
+        }
+        if (evbuffer_get_length(st->resp_body) == 0)
             continue;
         if (st->last_send_ms == 0)
             st->last_send_ms = now;
@@ -872,6 +976,10 @@ static void on_stall_check(evutil_socket_t fd, short what, void *arg)
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct h2conn *c = arg;
+    if (c->dead) {
+        conn_free(c);
+        return;
+    }
     if (c->n_streams > 0)
         return;
     /* Idle: say goodbye properly, then close once it is written. */
@@ -913,6 +1021,8 @@ static ssize_t on_send_unused(nghttp2_session *session, const uint8_t *data, siz
 static void on_drain(struct conn_link *link)
 {
     struct h2conn *c = (struct h2conn *)link;
+    if (c->dead)
+        return;
     c->closing = true;
     nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->session),
                           NGHTTP2_NO_ERROR, NULL, 0);
@@ -952,7 +1062,9 @@ void h2conn_start(struct worker *w, struct bufferevent *bev, const char *client_
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, on_invalid_frame);
     nghttp2_session_callbacks_set_on_invalid_header_callback(cbs, on_invalid_header);
-    nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, on_begin_frame);
+    nghttp2_session_callbacks_set_on_extension_chunk_recv_callback(cbs, on_extension_chunk);
+    nghttp2_session_callbacks_set_unpack_extension_callback(cbs, on_unpack_extension);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
 
     nghttp2_option *opt;
     nghttp2_option_new(&opt);
@@ -964,6 +1076,9 @@ void h2conn_start(struct worker *w, struct bufferevent *bev, const char *client_
     nghttp2_option_set_max_continuations(opt, 8);
     nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 33);
     nghttp2_option_set_max_send_header_block_length(opt, 64 * 1024);
+    for (unsigned type = 0x0a; type <= 0xff; type++)
+        if (type != 0x0a /* ALTSVC */ && type != 0x0c /* ORIGIN */ && type != 0x10 /* PRIORITY_UPDATE */)
+            nghttp2_option_set_user_recv_extension_type(opt, (uint8_t)type);
     nghttp2_session_server_new2(&c->session, cbs, c, opt);
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cbs);

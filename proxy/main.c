@@ -108,6 +108,10 @@ int app_reload(struct app *app, const char *why)
 {
     char err[1024];
     struct config *cfg = NULL;
+    if (app->draining) {
+        log_warn("reload refused (%s): draining for shutdown, the running config stays", why);
+        return CO_ERROR;
+    }
     app->last_reload_time = time(NULL);
     watched = file_identity(app->config_path);
     if (config_load(app->config_path, &cfg, err, sizeof(err)) != CO_OK) {
@@ -153,8 +157,11 @@ int app_reload(struct app *app, const char *why)
         }
     }
     if (cfg->admin.enabled != app->cfg->admin.enabled ||
-        (cfg->admin.enabled && strcmp(cfg->admin.addr.text, app->cfg->admin.addr.text) != 0))
-        log_warn("reload: the admin address changed; it takes effect on restart");
+        (cfg->admin.enabled && strcmp(cfg->admin.addr.text, app->cfg->admin.addr.text) != 0) ||
+        (cfg->admin.token == NULL) != (app->cfg->admin.token == NULL) ||
+        (cfg->admin.token && app->cfg->admin.token && strcmp(cfg->admin.token, app->cfg->admin.token) != 0))
+        log_warn("reload: admin address changed or admin token changed; the admin listener keeps its start-up address and "
+                 "token until restart");
     warn_insecure(cfg);
     cfg->generation = ++app->generation;
     for (unsigned i = 0; i < app->n_workers; i++)
@@ -293,16 +300,16 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    for (unsigned i = 0; i < app.n_workers; i++)
-        if (worker_start(app.workers[i]) != CO_OK)
-            return 1;
-
     struct event *sigs[3];
     int signums[3] = {SIGTERM, SIGINT, SIGHUP};
     for (int i = 0; i < 3; i++) {
         sigs[i] = evsignal_new(app.base, signums[i], on_signal, &app);
         evsignal_add(sigs[i], NULL);
     }
+    for (unsigned i = 0; i < app.n_workers; i++)
+        if (worker_start(app.workers[i]) != CO_OK)
+            return 1;
+
     for (size_t i = 0; i < app.cfg->n_listeners; i++)
         log_info("listening on %s (%u workers)", app.cfg->listeners[i].addr.text, app.n_workers);
     if (app.cfg->admin.enabled && (app.admin = admin_new(&app)) == NULL)

@@ -51,8 +51,29 @@ struct handshake {
     struct conn_link link; /* first */
     struct worker *worker;
     struct bufferevent *bev;
+    struct event *deadline; /* the whole handshake, however slowly it trickles */
     char client_ip[INET6_ADDRSTRLEN];
 };
+
+static void handshake_free(struct handshake *hs, bool close_bev)
+{
+    worker_conn_unlink(&hs->link);
+    event_free(hs->deadline);
+    if (close_bev)
+        bufferevent_free(hs->bev);
+    free(hs);
+}
+
+static void on_handshake_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    struct handshake *hs = arg;
+    struct worker *w = hs->worker;
+    log_info("client %s: TLS handshake failed: no handshake within %llu ms; connection closed", hs->client_ip,
+             (unsigned long long)w->cfg->timeouts.handshake_ms);
+    METRIC_INC(w->metrics.tls_handshake_failures);
+    handshake_free(hs, true);
+    worker_conn_closed(w);
+}
 
 static void on_handshake(struct bufferevent *bev, short what, void *arg)
 {
@@ -64,8 +85,7 @@ static void on_handshake(struct bufferevent *bev, short what, void *arg)
         bufferevent_set_timeouts(bev, NULL, NULL);
         char ip[INET6_ADDRSTRLEN];
         memcpy(ip, hs->client_ip, sizeof(ip));
-        worker_conn_unlink(&hs->link);
-        free(hs);
+        handshake_free(hs, false);
         if (h2)
             h2conn_start(w, bev, ip, true);
         else
@@ -79,9 +99,7 @@ static void on_handshake(struct bufferevent *bev, short what, void *arg)
         tls_describe_failure(bufferevent_openssl_get_ssl(bev), bufferevent_get_openssl_error(bev), why, sizeof(why));
     log_info("client %s: TLS handshake failed: %s; connection closed", hs->client_ip, why);
     METRIC_INC(w->metrics.tls_handshake_failures);
-    worker_conn_unlink(&hs->link);
-    bufferevent_free(bev);
-    free(hs);
+    handshake_free(hs, true);
     worker_conn_closed(w);
 }
 
@@ -94,9 +112,7 @@ static void handshake_kill(struct conn_link *link)
 {
     struct handshake *hs = (struct handshake *)link;
     struct worker *w = hs->worker;
-    worker_conn_unlink(&hs->link);
-    bufferevent_free(hs->bev);
-    free(hs);
+    handshake_free(hs, true);
     worker_conn_closed(w);
 }
 
@@ -131,9 +147,12 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         hs->bev = bev;
         worker_conn_link(w, &hs->link, handshake_drain, handshake_kill);
         memcpy(hs->client_ip, ip, sizeof(ip));
+        /* A deadline for the whole handshake (bufferevent timeouts restart
+         * on every byte: a trickling client would never hit them). */
         uint64_t ms = w->cfg->timeouts.handshake_ms;
         struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
-        bufferevent_set_timeouts(bev, &tv, &tv);
+        hs->deadline = evtimer_new(w->base, on_handshake_deadline, hs);
+        evtimer_add(hs->deadline, &tv);
         bufferevent_setcb(bev, NULL, NULL, on_handshake, hs);
         bufferevent_enable(bev, EV_READ | EV_WRITE);
     } else {
@@ -160,7 +179,8 @@ static void pause_accepting(struct worker *w)
 
 static void on_accept_error(struct evconnlistener *l, void *arg)
 {
-    struct worker *w = arg;
+    struct wlistener *wl = arg;
+    struct worker *w = wl->worker;
     int err = EVUTIL_SOCKET_ERROR();
     if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
         /* Out of descriptors: stop accepting for a moment instead of spinning
