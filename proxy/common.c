@@ -93,3 +93,35 @@ bool co_strieq(const char *a, size_t alen, const char *lit)
     size_t n = strlen(lit);
     return alen == n && strncasecmp(a, lit, n) == 0;
 }
+
+void co_hex128(char *out, uint64_t a, uint64_t b)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 0; i < 16; i++) {
+        out[i] = digits[(a >> (60 - 4 * i)) & 0xf];
+        out[16 + i] = digits[(b >> (60 - 4 * i)) & 0xf];
+    }
+    out[32] = '\0';
+}
+
+size_t co_u64_dec(char *out, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+void co_strlcpy(char *out, const char *s, size_t outlen)
+{
+    size_t n = strlen(s);
+    if (n >= outlen)
+        n = outlen - 1;
+    memcpy(out, s, n);
+    out[n] = '\0';
+}

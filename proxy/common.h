@@ -49,6 +49,15 @@ void co_log(const char *level, const char *fmt, ...) __attribute__((format(print
 uint64_t co_now_ms(void);
 uint64_t co_now_us(void);
 
+/* Write 32 lowercase hex digits of (a, b) and a NUL into out[33]. */
+void co_hex128(char *out, uint64_t a, uint64_t b);
+
+/* Decimal digits of v into out (no NUL); returns the length (<= 20). */
+size_t co_u64_dec(char *out, uint64_t v);
+
+/* Copy a NUL-terminated string into out[outlen], truncating. */
+void co_strlcpy(char *out, const char *s, size_t outlen);
+
 /* Case-insensitive compare of a counted string with a NUL-terminated literal. */
 bool co_strieq(const char *a, size_t alen, const char *lit);
 

@@ -280,7 +280,7 @@ static void begin_stream(struct h1conn *c, const char *p, size_t head_len, const
         s->request_id[rid_len] = '\0';
     } else {
         uint64_t a = worker_random(w), b = worker_random(w);
-        snprintf(s->request_id, sizeof(s->request_id), "%016llx%016llx", (unsigned long long)a, (unsigned long long)b);
+        co_hex128(s->request_id, a, b);
     }
 
     c->version_minor = req->msg.version_minor;
@@ -723,7 +723,7 @@ void h1conn_start(struct worker *w, struct bufferevent *bev, const char *client_
     c->worker = w;
     c->tls = tls;
     c->allow_h2c = !tls;
-    snprintf(c->client_ip, sizeof(c->client_ip), "%s", client_ip);
+    co_strlcpy(c->client_ip, client_ip, sizeof(c->client_ip));
     c->bev = bev;
     c->timer = evtimer_new(w->base, on_timer, c);
     c->post = event_new(w->base, -1, 0, on_post, c);

@@ -255,7 +255,10 @@ static void h2_send_head(struct stream *s, int status, const struct h1_header *f
         names_len += fields[i].name_len;
     char *names = co_malloc(names_len + 1);
     char status_buf[4], cl_buf[24];
-    snprintf(status_buf, sizeof(status_buf), "%03d", status);
+    status_buf[0] = (char)('0' + status / 100 % 10);
+    status_buf[1] = (char)('0' + status / 10 % 10);
+    status_buf[2] = (char)('0' + status % 10);
+    status_buf[3] = '\0';
     size_t k = 0, off = 0;
     nva[k++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status_buf, 7, 3, NGHTTP2_NV_FLAG_NONE};
     for (size_t i = 0; i < n; i++) {
@@ -267,7 +270,7 @@ static void h2_send_head(struct stream *s, int status, const struct h1_header *f
     }
     bool no_body = s->is_head || status == 204 || status == 304;
     if (content_length >= 0 && status != 204 && status != 304) {
-        int len = snprintf(cl_buf, sizeof(cl_buf), "%lld", (long long)content_length);
+        size_t len = co_u64_dec(cl_buf, (uint64_t)content_length);
         nva[k++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)cl_buf, 14, (size_t)len, NGHTTP2_NV_FLAG_NONE};
     }
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = on_read_data};
@@ -626,7 +629,7 @@ static void begin_request(struct h2conn *c, struct h2stream *st, bool end_stream
         memcpy(s->request_id, rid, rid_len);
         s->request_id[rid_len] = '\0';
     } else {
-        snprintf(s->request_id, sizeof(s->request_id), "%016llx%016llx", (unsigned long long)a, (unsigned long long)b);
+        co_hex128(s->request_id, a, b);
     }
 
     if (why) {
@@ -1043,7 +1046,7 @@ void h2conn_start(struct worker *w, struct bufferevent *bev, const char *client_
     c->worker = w;
     c->bev = bev;
     c->tls = tls;
-    snprintf(c->client_ip, sizeof(c->client_ip), "%s", client_ip);
+    co_strlcpy(c->client_ip, client_ip, sizeof(c->client_ip));
     c->post = event_new(w->base, -1, 0, on_post, c);
     c->timer = evtimer_new(w->base, on_timer, c);
     c->stall = evtimer_new(w->base, on_stall_check, c);

@@ -59,16 +59,6 @@ static bool find_cookie(const struct stream *s, const char *name, const char **v
     return false;
 }
 
-static void hex64(char *out, uint64_t a, uint64_t b)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (int i = 0; i < 16; i++) {
-        out[i] = digits[(a >> (60 - 4 * i)) & 0xf];
-        out[16 + i] = digits[(b >> (60 - 4 * i)) & 0xf];
-    }
-    out[32] = '\0';
-}
-
 /* Pick the split entry: override > sticky > weight (DESIGN.md). */
 static void decide(struct stream *s)
 {
@@ -108,7 +98,7 @@ static void decide(struct stream *s)
         case STICKY_COOKIE:
             if (!find_cookie(s, r->sticky.name, &key, &klen) || klen == 0 || klen > 128) {
                 /* First visit (or a cookie we would not have issued): issue one. */
-                hex64(s->new_cookie, worker_random(w), worker_random(w));
+                co_hex128(s->new_cookie, worker_random(w), worker_random(w));
                 key = s->new_cookie;
                 klen = 32;
             }

@@ -177,7 +177,7 @@ static void attach(struct upconn *c, struct stream *s)
     s->up = &c->base;
     c->state = UP_ACTIVE;
     reset_exchange(c);
-    snprintf(s->endpoint, sizeof(s->endpoint), "%s", c->addr);
+    co_strlcpy(s->endpoint, c->addr, sizeof(s->endpoint));
 }
 
 /* Connection ready (fresh or reused): send head, let the stream pump the body. */
@@ -218,9 +218,9 @@ static void on_connected(void *arg, struct bufferevent *bev, const char *alpn, c
     struct upconn *c = arg;
     struct stream *s = c->stream;
     c->connecting = NULL;
-    snprintf(c->addr, sizeof(c->addr), "%s", addr);
+    co_strlcpy(c->addr, addr, sizeof(c->addr));
     if (s)
-        snprintf(s->endpoint, sizeof(s->endpoint), "%s", addr);
+        co_strlcpy(s->endpoint, addr, sizeof(s->endpoint));
     if (bev == NULL) {
         stream_up_count(c->worker, c->stream, UPC_CONNECT_ERROR);
         fail(c, status, why, false);

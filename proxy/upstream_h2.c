@@ -209,7 +209,7 @@ static struct h2ustream *h2ustream_new(struct h2session *sess, struct stream *s)
     sess->n_streams++;
     s->up = &st->base;
     if (sess->addr[0])
-        snprintf(s->endpoint, sizeof(s->endpoint), "%s", sess->addr);
+        co_strlcpy(s->endpoint, sess->addr, sizeof(s->endpoint));
     return st;
 }
 
@@ -1150,7 +1150,7 @@ static void session_begin(struct h2session *sess, struct bufferevent *bev)
     TAILQ_FOREACH(st, &sess->streams, link)
     {
         if (st->s) {
-            snprintf(st->s->endpoint, sizeof(st->s->endpoint), "%s", sess->addr);
+            co_strlcpy(st->s->endpoint, sess->addr, sizeof(st->s->endpoint));
             if (st->timeout_ms)
                 arm(st->timer, st->timeout_ms);
         }
@@ -1161,12 +1161,12 @@ static void on_connected(void *arg, struct bufferevent *bev, const char *alpn, c
 {
     struct h2session *sess = arg;
     sess->connecting = NULL;
-    snprintf(sess->addr, sizeof(sess->addr), "%s", addr);
+    co_strlcpy(sess->addr, addr, sizeof(sess->addr));
     struct h2ustream *st;
     TAILQ_FOREACH(st, &sess->streams, link)
     {
         if (st->s)
-            snprintf(st->s->endpoint, sizeof(st->s->endpoint), "%s", addr);
+            co_strlcpy(st->s->endpoint, addr, sizeof(st->s->endpoint));
     }
     if (bev == NULL) {
         st = TAILQ_FIRST(&sess->streams);
@@ -1265,13 +1265,13 @@ void upstream_h2_adopt(struct stream *s, struct ep_pool *ep, struct bufferevent 
     if (refuse_websocket(s)) {
         /* The connection is still good for the next streams. */
         struct h2session *sess = session_new(s->worker, ep, s->cluster);
-        snprintf(sess->addr, sizeof(sess->addr), "%s", addr);
+        co_strlcpy(sess->addr, addr, sizeof(sess->addr));
         session_begin(sess, bev);
         schedule(sess);
         return;
     }
     struct h2session *sess = session_new(s->worker, ep, s->cluster);
-    snprintf(sess->addr, sizeof(sess->addr), "%s", addr);
+    co_strlcpy(sess->addr, addr, sizeof(sess->addr));
     h2ustream_new(sess, s);
     session_begin(sess, bev);
     schedule(sess); /* reads what is buffered, from the event loop */
