@@ -368,7 +368,12 @@ static void on_request(struct evhttp_request *req, void *arg)
         else
             json_str(b, app->last_reload_error);
         ADD_LIT(b, "}\n");
-        reply(req, rc == CO_OK ? 200 : 422, rc == CO_OK ? "OK" : "Unprocessable Content", "application/json", b);
+        if (rc == CO_OK)
+            reply(req, 200, "OK", "application/json", b);
+        else if (app->draining)
+            reply(req, 503, "Service Unavailable", "application/json", b);
+        else
+            reply(req, 422, "Unprocessable Content", "application/json", b);
         evbuffer_free(b);
     } else if (strcmp(path, "/live") == 0 || strcmp(path, "/ready") == 0 || strcmp(path, "/metrics") == 0 ||
                strcmp(path, "/status") == 0) {

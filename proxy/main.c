@@ -109,6 +109,7 @@ int app_reload(struct app *app, const char *why)
     char err[1024];
     struct config *cfg = NULL;
     if (app->draining) {
+        snprintf(app->last_reload_error, sizeof(app->last_reload_error), "draining for shutdown: reloads are refused");
         log_warn("reload refused (%s): draining for shutdown, the running config stays", why);
         return CO_ERROR;
     }

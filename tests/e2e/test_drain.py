@@ -9,6 +9,7 @@ through its --record file), signals it and watches what clients, the admin
 listener and the exit status see.
 """
 import hashlib
+import json
 import signal
 import socket
 import threading
@@ -142,6 +143,7 @@ def test_ready_503_live_200_and_new_connections_refused_while_draining(procs):
     # The request in flight still gets its answer.
     r = c.read_response()
     assert r.status == 200 and r.body == b"delayed 2000\n", r
+    c.close()
     rc, _ = d.wait_exit()
     assert rc == 0
     d.finish()
@@ -180,6 +182,7 @@ def test_idle_keepalive_closed_at_once_inflight_gets_connection_close(procs):
     assert r.status == 200 and r.body == b"delayed 2500\n", r
     assert r.header("connection") == "close", r.headers
     assert busy.wait_closed(5), "the busy connection stayed open after its response"
+    busy.close()
     assert time.monotonic() - t0 > closed_after + 0.5, "the idle connection was closed only at the end"
     rc, _ = d.wait_exit()
     assert rc == 0
@@ -224,6 +227,8 @@ def test_signal_drains_and_exits_0(procs, sig):
     d.signal(sig)
     r = c.read_response()
     assert r.status == 200 and r.header("connection") == "close", r
+    assert c.wait_closed(5), "the connection stayed open after its response"
+    c.close()
     rc, _ = d.wait_exit()
     assert rc == 0
     assert "draining" in p.stderr_text()
@@ -276,6 +281,28 @@ def test_reload_during_the_drain_opens_nothing(procs):
     assert d.ready() == 503
     r = c.read_response()
     assert r.status == 200 and r.body == b"delayed 1500\n", r
+    c.close()
     rc, _ = d.wait_exit()
     assert rc == 0
     d.finish()
+
+
+def test_post_reload_during_the_drain_is_refused_with_a_reason(procs):
+    """An operator (or a script) that POSTs /reload to a draining pod must be
+    told why nothing happened."""
+    d = Drained(procs)
+    p = d.proxy
+    c = p.conn()
+    c.send(request("GET", "/delay/1500"))
+    d.wait_upstream("/delay/1500")
+    d.signal()
+    status, _, body = admin_call(d.admin_port, "/reload", "POST")
+    doc = json.loads(body)
+    r = c.read_response()
+    assert r.status == 200, r
+    c.close()
+    rc, _ = d.wait_exit()
+    assert rc == 0
+    d.finish()
+    assert status != 200 and doc["ok"] is False, (status, doc)
+    assert "drain" in (doc["error"] or ""), f"POST /reload while draining: {status} {doc}: no reason given"
