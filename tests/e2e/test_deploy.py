@@ -624,7 +624,8 @@ def test_config_uses_only_supported_keys_outside_tls(config):
         "": {"workers", "listen", "admin", "clusters", "routes"},
         "listen": {"address", "tls"},
         "admin": {"address", "token"},
-        "clusters": {"name", "endpoints", "host", "connect_timeout", "first_byte_timeout", "idle_timeout", "max_idle"},
+        "clusters": {"name", "endpoints", "host", "protocol", "tls", "connect_timeout", "first_byte_timeout",
+                     "idle_timeout", "max_idle"},
         "routes": {"name", "match", "split", "sticky", "override"},
     }
     assert set(config) <= allowed[""], set(config)
