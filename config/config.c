@@ -614,7 +614,7 @@ static int get_duration(struct loader *ld, const struct ynode *n, const char *wh
 {
     static const char expected[] = "a duration such as 250ms, 5s, 2m, 1h or 30d";
     char q[QUOTE_BUF];
-    const char *s;
+    const char *s = NULL;
     uint64_t v;
     if (get_string(ld, n, what, expected, &s) != CO_OK)
         return CO_ERROR;
@@ -828,7 +828,7 @@ static int get_address(struct loader *ld, const struct ynode *n, const char *wha
 {
     static const char expected[] = "IP:PORT such as 127.0.0.1:8080 or [::1]:8080";
     char q[QUOTE_BUF];
-    const char *s, *why;
+    const char *s = NULL, *why;
     if (get_string(ld, n, what, expected, &s) != CO_OK)
         return CO_ERROR;
     if ((why = parse_address(s, addr)) != NULL)
@@ -1230,7 +1230,7 @@ static int load_cluster(struct loader *ld, const struct ynode *m, struct cluster
     c->connect_timeout_ms = 3000;
     c->first_byte_timeout_ms = 30000;
     c->idle_timeout_ms = 30000;
-    c->max_idle = 32;
+    c->max_idle = 256;
     c->protocol = CLUSTER_PROTO_H1;
 
     if ((v = mget(m, "name")) == NULL)

@@ -66,7 +66,7 @@ struct cluster_conf {
     uint64_t connect_timeout_ms;    /* default 3000: connect() failing/timing out -> 503 */
     uint64_t first_byte_timeout_ms; /* default 30000: no response head -> 504 */
     uint64_t idle_timeout_ms;       /* default 30000: pooled idle upstream connections closed after */
-    uint32_t max_idle;              /* default 32: idle pooled connections per endpoint per worker */
+    uint32_t max_idle;              /* default 256: idle pooled connections per endpoint per worker */
     struct cluster_tls_conf tls;
 };
 

@@ -290,7 +290,7 @@ static void minimal_config_defaults(void **state)
     assert_int_equal(c->connect_timeout_ms, 3000);
     assert_int_equal(c->first_byte_timeout_ms, 30000);
     assert_int_equal(c->idle_timeout_ms, 30000);
-    assert_int_equal(c->max_idle, 32);
+    assert_int_equal(c->max_idle, 256);
     const struct route_conf *r = &cfg->routes[0];
     assert_null(r->host);
     assert_false(r->host_suffix);
