@@ -29,11 +29,11 @@
 #include <yaml.h>
 
 #define CONFIG_MAX_INPUT (1024u * 1024u) /* bytes of YAML */
-#define MAX_DEPTH 32u             /* nested mappings/lists; the schema needs 5 */
-#define MAX_NODES 100000u         /* scalars + collections in the document */
-#define MAX_VALUE (64u * 1024u)   /* bytes of one value, after ${NAME} substitution */
-#define MAX_VAR_NAME 255u         /* bytes of NAME in ${NAME} */
-#define MAX_ENDPOINT_ADDRS 64u    /* addresses kept per resolved endpoint */
+#define MAX_DEPTH 32u                    /* nested mappings/lists; the schema needs 5 */
+#define MAX_NODES 100000u                /* scalars + collections in the document */
+#define MAX_VALUE (64u * 1024u)          /* bytes of one value, after ${NAME} substitution */
+#define MAX_VAR_NAME 255u                /* bytes of NAME in ${NAME} */
+#define MAX_ENDPOINT_ADDRS 64u           /* addresses kept per resolved endpoint */
 #define MAX_SPLIT 16u
 #define MAX_WEIGHT 1000000u
 #define MAX_NAME 64u      /* cluster and route names */
@@ -818,8 +818,7 @@ static bool sockaddr_is_loopback(const struct sockaddr_storage *sa)
         return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
     if (sa->ss_family == AF_INET6) {
         const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-        return IN6_IS_ADDR_LOOPBACK(a) ||
-               (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
     }
     return false;
 }
@@ -914,7 +913,7 @@ static const char *const limits_keys[] = {"max_request_line", "max_header_bytes"
                                           "max_body_bytes",   "max_connections",  NULL};
 static const char *const timeouts_keys[] = {"header", "idle", "body", "send", "drain", "handshake", NULL};
 static const char *const cluster_keys[] = {"name",         "endpoints", "host", "protocol", "connect_timeout", "first_byte_timeout",
-                                           "idle_timeout", "max_idle", "tls", NULL};
+                                           "idle_timeout", "max_idle",  "tls",  NULL};
 static const char *const route_keys[] = {"name", "match", "split", "sticky", "override", NULL};
 static const char *const match_keys[] = {"host", "path_prefix", "path", NULL};
 static const char *const split_keys[] = {"cluster", "weight", NULL};
@@ -1027,12 +1026,9 @@ static int load_timeouts(struct loader *ld, const struct ynode *m)
         const char *key, *what;
         uint64_t *ms;
     } fields[] = {
-        {"header", "timeouts.header", &t->header_ms},
-        {"idle", "timeouts.idle", &t->idle_ms},
-        {"body", "timeouts.body", &t->body_ms},
-        {"send", "timeouts.send", &t->send_ms},
-        {"drain", "timeouts.drain", &t->drain_ms},
-        {"handshake", "timeouts.handshake", &t->handshake_ms},
+        {"header", "timeouts.header", &t->header_ms}, {"idle", "timeouts.idle", &t->idle_ms},
+        {"body", "timeouts.body", &t->body_ms},       {"send", "timeouts.send", &t->send_ms},
+        {"drain", "timeouts.drain", &t->drain_ms},    {"handshake", "timeouts.handshake", &t->handshake_ms},
     };
     if (expect_map(ld, m, "timeouts", timeouts_keys) != CO_OK || check_keys(ld, m, "timeouts", timeouts_keys) != CO_OK)
         return CO_ERROR;
@@ -1215,8 +1211,7 @@ static int load_listener_tls(struct loader *ld, const struct ynode *m, struct li
     l->ctx = tls_server_ctx_new(files, l->n_certs, l->min_version, l->h2, err, sizeof(err));
     free(files);
     if (l->ctx == NULL)
-        return fail(ld, list, "listener %s tls: %s, expected readable PEM certificate and matching key files", l->addr.text,
-                    err);
+        return fail(ld, list, "listener %s tls: %s, expected readable PEM certificate and matching key files", l->addr.text, err);
     return CO_OK;
 }
 

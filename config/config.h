@@ -50,14 +50,14 @@ enum cluster_protocol {
 /* Upstream TLS of a cluster (`tls:` mapping present = on). */
 struct cluster_tls_conf {
     bool enabled;
-    char *sni;       /* SNI sent; default: the cluster's `host`, else the endpoint host */
-    char *ca_file;   /* PEM bundle to trust; NULL = the system store */
-    bool verify;     /* default true; `verify: false` must be written and is warned about */
-    void *ctx;       /* SSL_CTX*, built by config_load, freed with the snapshot */
+    char *sni;     /* SNI sent; default: the cluster's `host`, else the endpoint host */
+    char *ca_file; /* PEM bundle to trust; NULL = the system store */
+    bool verify;   /* default true; `verify: false` must be written and is warned about */
+    void *ctx;     /* SSL_CTX*, built by config_load, freed with the snapshot */
 };
 
 struct cluster_conf {
-    char *name;  /* unique among clusters */
+    char *name;   /* unique among clusters */
     size_t index; /* position in config->clusters */
     struct endpoint_conf *endpoints;
     size_t n_endpoints; /* >= 1 */
@@ -84,8 +84,8 @@ enum sticky_kind {
 
 struct sticky_conf {
     enum sticky_kind kind;
-    char *name;          /* cookie or header name; NULL for client_ip */
-    uint64_t max_age_s;  /* cookie Max-Age, default 86400*30; `max_age: 30d` */
+    char *name;         /* cookie or header name; NULL for client_ip */
+    uint64_t max_age_s; /* cookie Max-Age, default 86400*30; `max_age: 30d` */
 };
 
 struct override_conf {
@@ -125,32 +125,32 @@ struct listener_conf {
     bool tls;                    /* `tls:` present: TLS with ALPN h2 / http/1.1 */
     struct tls_cert_conf *certs; /* >= 1 when tls; chosen by SNI, the first is the default */
     size_t n_certs;
-    int min_version;             /* TLS1_2_VERSION (default, "1.2") or TLS1_3_VERSION ("1.3") */
-    bool h2;                     /* offer h2 in ALPN (default true) */
-    void *ctx;                   /* SSL_CTX*, built by config_load, freed with the snapshot */
+    int min_version; /* TLS1_2_VERSION (default, "1.2") or TLS1_3_VERSION ("1.3") */
+    bool h2;         /* offer h2 in ALPN (default true) */
+    void *ctx;       /* SSL_CTX*, built by config_load, freed with the snapshot */
 };
 
 struct admin_conf {
-    bool enabled;            /* admin mapping present (default: 127.0.0.1:9901) */
+    bool enabled; /* admin mapping present (default: 127.0.0.1:9901) */
     struct config_addr addr;
-    char *token;             /* bearer token, NULL = none */
+    char *token; /* bearer token, NULL = none */
 };
 
 /* Downstream limits and timeouts (top-level `limits:` and `timeouts:`). */
 struct limits_conf {
-    uint32_t max_request_line;   /* bytes, default 8192 -> 414 */
-    uint32_t max_header_bytes;   /* bytes of the whole head, default 65536 -> 431 */
-    uint32_t max_headers;        /* header field count, default 100 -> 431 */
-    uint64_t max_body_bytes;     /* 0 = unlimited (default); larger -> 413 */
-    uint32_t max_connections;    /* per worker, default 10000 */
+    uint32_t max_request_line; /* bytes, default 8192 -> 414 */
+    uint32_t max_header_bytes; /* bytes of the whole head, default 65536 -> 431 */
+    uint32_t max_headers;      /* header field count, default 100 -> 431 */
+    uint64_t max_body_bytes;   /* 0 = unlimited (default); larger -> 413 */
+    uint32_t max_connections;  /* per worker, default 10000 */
 };
 
 struct timeouts_conf {
-    uint64_t header_ms; /* default 10000: whole request head must arrive -> 408 */
-    uint64_t idle_ms;   /* default 60000: keep-alive idle downstream -> close */
-    uint64_t body_ms;   /* default 60000: no request body progress for this long -> 408 */
-    uint64_t send_ms;   /* default 60000: client not reading for this long -> close */
-    uint64_t drain_ms;  /* default 30000: SIGTERM waits this long for in-flight work */
+    uint64_t header_ms;    /* default 10000: whole request head must arrive -> 408 */
+    uint64_t idle_ms;      /* default 60000: keep-alive idle downstream -> close */
+    uint64_t body_ms;      /* default 60000: no request body progress for this long -> 408 */
+    uint64_t send_ms;      /* default 60000: client not reading for this long -> close */
+    uint64_t drain_ms;     /* default 30000: SIGTERM waits this long for in-flight work */
     uint64_t handshake_ms; /* default 10000: TLS handshake must complete within */
 };
 

@@ -150,7 +150,8 @@ static void labelled_metrics(struct app *app, struct evbuffer *b)
     } up[] = {
         {"cutover_upstream_connect_errors_total", "Upstream connections that failed, timed out or failed TLS, by cluster.",
          offsetof(struct agg_cluster, connect_errors)},
-        {"cutover_upstream_timeouts_total", "Upstream responses that timed out, by cluster.", offsetof(struct agg_cluster, timeouts)},
+        {"cutover_upstream_timeouts_total", "Upstream responses that timed out, by cluster.",
+         offsetof(struct agg_cluster, timeouts)},
         {"cutover_upstream_bad_responses_total", "Malformed or truncated upstream responses, by cluster.",
          offsetof(struct agg_cluster, bad_responses)},
         {"cutover_upstream_retries_total", "Requests retried upstream, by cluster.", offsetof(struct agg_cluster, retries)},
@@ -194,18 +195,14 @@ void admin_metrics(struct app *app, struct evbuffer *b)
                  SUM(app, override_rejected));
     metric_plain(b, "cutover_no_route_total", "counter", "Requests answered 404 because no route matched.", SUM(app, no_route));
     metric_plain(b, "cutover_bad_requests_total", "counter", "Requests refused by the parser or a limit.", SUM(app, bad_requests));
-    metric_plain(b, "cutover_connections_accepted_total", "counter", "Downstream connections accepted.",
-                 SUM(app, conns_accepted));
+    metric_plain(b, "cutover_connections_accepted_total", "counter", "Downstream connections accepted.", SUM(app, conns_accepted));
     metric_head(b, "cutover_downstream_connections", "gauge", "Open downstream connections by protocol.");
-    evbuffer_add_printf(b, "cutover_downstream_connections{protocol=\"http1\"} %llu\n",
-                        (unsigned long long)SUM(app, conns_h1));
-    evbuffer_add_printf(b, "cutover_downstream_connections{protocol=\"http2\"} %llu\n",
-                        (unsigned long long)SUM(app, conns_h2));
+    evbuffer_add_printf(b, "cutover_downstream_connections{protocol=\"http1\"} %llu\n", (unsigned long long)SUM(app, conns_h1));
+    evbuffer_add_printf(b, "cutover_downstream_connections{protocol=\"http2\"} %llu\n", (unsigned long long)SUM(app, conns_h2));
     metric_plain(b, "cutover_tls_handshake_failures_total", "counter", "Downstream TLS handshakes that failed or timed out.",
                  SUM(app, tls_handshake_failures));
     metric_plain(b, "cutover_h2_abuse_closes_total", "counter",
-                 "HTTP/2 connections ended for abuse (glitch budget exhausted, outbound queue over its cap).",
-                 SUM(app, h2_calm));
+                 "HTTP/2 connections ended for abuse (glitch budget exhausted, outbound queue over its cap).", SUM(app, h2_calm));
     metric_plain(b, "cutover_access_log_dropped_total", "counter", "Access-log lines dropped because stdout fell behind.",
                  SUM(app, log_dropped));
 
@@ -213,8 +210,8 @@ void admin_metrics(struct app *app, struct evbuffer *b)
     for (size_t r = 0; r < cfg->n_routes; r++) {
         const struct route_conf *rt = &cfg->routes[r];
         for (size_t k = 0; k < rt->n_split; k++)
-            evbuffer_add_printf(b, "cutover_route_share{route=\"%s\",cluster=\"%s\"} %.6f\n", rt->name,
-                                rt->split[k].cluster->name, (double)rt->split[k].weight / (double)rt->total_weight);
+            evbuffer_add_printf(b, "cutover_route_share{route=\"%s\",cluster=\"%s\"} %.6f\n", rt->name, rt->split[k].cluster->name,
+                                (double)rt->split[k].weight / (double)rt->total_weight);
     }
     metric_plain(b, "cutover_config_generation", "gauge", "Generation of the config in use (1 at start, +1 per reload).",
                  app->generation);

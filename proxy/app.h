@@ -18,17 +18,17 @@ struct admin;
 
 struct app {
     const char *config_path;
-    struct config *cfg;       /* newest accepted snapshot (reference held) */
+    struct config *cfg; /* newest accepted snapshot (reference held) */
     struct worker **workers;
     unsigned n_workers;
-    uint64_t generation;      /* 1 for the config at start, +1 per accepted reload */
+    uint64_t generation; /* 1 for the config at start, +1 per accepted reload */
     uint64_t reloads_ok;
     uint64_t reloads_failed;
-    bool last_reload_ok;      /* true until a reload fails */
+    bool last_reload_ok; /* true until a reload fails */
     char last_reload_error[1024];
-    time_t last_reload_time;  /* wall clock of the last reload attempt, 0 = none */
+    time_t last_reload_time; /* wall clock of the last reload attempt, 0 = none */
     time_t started;
-    bool draining;            /* SIGTERM seen: /ready answers 503 */
+    bool draining; /* SIGTERM seen: /ready answers 503 */
     struct event_base *base;
     struct admin *admin;
 };

@@ -38,24 +38,24 @@ enum h1_state {
 #define DOWN_WRITE_LOW (64 * 1024)
 
 struct h1conn {
-    struct conn_link link;   /* first: the worker's list of connections */
+    struct conn_link link; /* first: the worker's list of connections */
     struct worker *worker;
     struct bufferevent *bev;
     struct stream *stream;
-    struct event *timer;     /* header deadline / idle / linger */
-    struct event *post;      /* runs after a stream finished, outside its callbacks */
+    struct event *timer; /* header deadline / idle / linger */
+    struct event *post;  /* runs after a stream finished, outside its callbacks */
     enum h1_state state;
-    bool head_deadline;      /* timer currently counts a header deadline */
-    bool close_after;        /* close once the current response is out */
-    bool stream_done;        /* the stream called done() */
+    bool head_deadline; /* timer currently counts a header deadline */
+    bool close_after;   /* close once the current response is out */
+    bool stream_done;   /* the stream called done() */
     bool stream_abort;
-    bool resp_chunked;       /* re-framing the response as chunked */
-    bool resp_no_body;       /* HEAD / 204 / 304: framing fields only */
-    bool body_eof;           /* request body fully read */
+    bool resp_chunked; /* re-framing the response as chunked */
+    bool resp_no_body; /* HEAD / 204 / 304: framing fields only */
+    bool body_eof;     /* request body fully read */
     bool tls;
-    bool allow_h2c;          /* cleartext listener: detect the HTTP/2 preface */
-    bool tunnel;             /* WebSocket after 101: raw bytes both ways */
-    bool trailers_sent;      /* the chunked terminator with trailers is out */
+    bool allow_h2c;     /* cleartext listener: detect the HTTP/2 preface */
+    bool tunnel;        /* WebSocket after 101: raw bytes both ways */
+    bool trailers_sent; /* the chunked terminator with trailers is out */
     int version_minor;
     enum h1_body_kind body_kind;
     uint64_t body_remaining;
@@ -233,7 +233,7 @@ static void begin_stream(struct h1conn *c, const char *p, size_t head_len, const
     /* Copy the head once; rebase pointers into the copy. */
     s->head = co_malloc(head_len);
     memcpy(s->head, p, head_len);
-#define REBASE(ptr) (s->head + ((const char *)(ptr) - p))
+#define REBASE(ptr) (s->head + ((const char *)(ptr)-p))
     s->method = REBASE(req->method);
     s->method_len = req->method_len;
     s->target = REBASE(req->path);
@@ -298,7 +298,6 @@ static void begin_stream(struct h1conn *c, const char *p, size_t head_len, const
     c->head_deadline = false;
     evtimer_del(c->timer);
     set_timeouts(c, c->body_eof ? 0 : w->cfg->timeouts.body_ms);
-
 }
 
 static void parse_request(struct h1conn *c)

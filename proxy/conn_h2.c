@@ -61,30 +61,30 @@ struct h2conn;
 struct h2stream {
     struct h2conn *conn;
     int32_t id;
-    struct stream *s;        /* the exchange, once the request head is complete */
-    struct evbuffer *arena;  /* request field bytes while headers arrive */
+    struct stream *s;       /* the exchange, once the request head is complete */
+    struct evbuffer *arena; /* request field bytes while headers arrive */
     struct hdr_ref {
         uint32_t name_off, name_len, value_off, value_len;
     } * refs;
     size_t n_refs, cap_refs;
     size_t header_bytes;
     int method_ref, path_ref, authority_ref, scheme_ref, host_ref; /* index into refs, -1 */
-    int64_t content_length;  /* from the content-length field, -1 if absent */
-    uint64_t received;       /* DATA payload bytes received */
+    int64_t content_length;                                        /* from the content-length field, -1 if absent */
+    uint64_t received;                                             /* DATA payload bytes received */
     struct evbuffer *req_body;
     bool req_eof;
-    bool bad;                /* refused: answer with 400 once the head is complete */
+    bool bad; /* refused: answer with 400 once the head is complete */
     const char *bad_why;
     struct evbuffer *resp_body;
     struct h1_header *trailer_fields;
     char *trailer_arena;
     size_t n_trailers;
     bool resp_eof;
-    bool resp_deferred;      /* data provider returned DEFERRED */
-    bool resp_full;          /* send_data said the client is full */
-    bool want_writable;      /* notify the stream that it may send again */
-    bool want_body;          /* notify the stream that more request body is here */
-    bool core_done;          /* the stream called done() */
+    bool resp_deferred; /* data provider returned DEFERRED */
+    bool resp_full;     /* send_data said the client is full */
+    bool want_writable; /* notify the stream that it may send again */
+    bool want_body;     /* notify the stream that more request body is here */
+    bool core_done;     /* the stream called done() */
     struct h2stream *next_pending;
     bool pending;
     struct h2stream *prev, *next; /* all streams of the connection */
@@ -109,11 +109,11 @@ struct h2conn {
     struct h2stream *streams; /* every open stream (nghttp2_session_del does not close them) */
     double glitch_tokens;     /* see H2_GLITCH_BURST */
     uint64_t glitch_refilled_ms;
-    uint64_t glitches;        /* total, for the log line */
+    uint64_t glitches; /* total, for the log line */
     unsigned pings, settings;
-    bool calm;                /* GOAWAY ENHANCE_YOUR_CALM sent */
-    bool dead;                /* nghttp2 failed fatally: only our GOAWAY is left to write */
-    struct event *stall;      /* zero-window reader check */
+    bool calm;           /* GOAWAY ENHANCE_YOUR_CALM sent */
+    bool dead;           /* nghttp2 failed fatally: only our GOAWAY is left to write */
+    struct event *stall; /* zero-window reader check */
 };
 
 /* Charge `n` glitches; false when the budget is gone (GOAWAY sent). */
@@ -167,8 +167,7 @@ static int flush_session(struct h2conn *c)
             break;
         evbuffer_add(out, data, (size_t)n);
     }
-    if (!nghttp2_session_want_read(c->session) && !nghttp2_session_want_write(c->session) &&
-        evbuffer_get_length(out) == 0)
+    if (!nghttp2_session_want_read(c->session) && !nghttp2_session_want_write(c->session) && evbuffer_get_length(out) == 0)
         return CO_ERROR;
     return CO_OK;
 }
@@ -221,8 +220,7 @@ static ssize_t on_read_data(nghttp2_session *session, int32_t id, uint8_t *buf, 
                 nghttp2_nv *nva = co_malloc(st->n_trailers * sizeof(*nva));
                 for (size_t i = 0; i < st->n_trailers; i++)
                     nva[i] = (nghttp2_nv){(uint8_t *)st->trailer_fields[i].name, (uint8_t *)st->trailer_fields[i].value,
-                                          st->trailer_fields[i].name_len, st->trailer_fields[i].value_len,
-                                          NGHTTP2_NV_FLAG_NONE};
+                                          st->trailer_fields[i].name_len, st->trailer_fields[i].value_len, NGHTTP2_NV_FLAG_NONE};
                 if (nghttp2_submit_trailer(session, id, nva, st->n_trailers) == 0)
                     *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
                 free(nva);
@@ -440,7 +438,7 @@ static bool is_token_lower(const uint8_t *p, size_t n)
         uint8_t ch = p[i];
         if (ch >= 'A' && ch <= 'Z')
             return false;
-        if (ch <= 0x20 || ch >= 0x7f || ch == ':' )
+        if (ch <= 0x20 || ch >= 0x7f || ch == ':')
             return false;
     }
     return n > 0;
@@ -622,8 +620,8 @@ static void begin_request(struct h2conn *c, struct h2stream *st, bool end_stream
     bool rid_ok = rid && rid_len > 0 && rid_len <= 64;
     for (size_t i = 0; rid_ok && i < rid_len; i++) {
         char ch = rid[i];
-        rid_ok = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '_' ||
-                 ch == '.';
+        rid_ok =
+            (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '_' || ch == '.';
     }
     if (rid_ok) {
         memcpy(s->request_id, rid, rid_len);
@@ -737,8 +735,7 @@ static int on_invalid_header(nghttp2_session *session, const nghttp2_frame *fram
  * reports extension types that are registered, so every unassigned type is
  * registered (nghttp2_option_set_user_recv_extension_type) and discarded
  * here after being charged. */
-static int on_extension_chunk(nghttp2_session *session, const nghttp2_frame_hd *hd, const uint8_t *data, size_t len,
-                              void *user)
+static int on_extension_chunk(nghttp2_session *session, const nghttp2_frame_hd *hd, const uint8_t *data, size_t len, void *user)
 {
     return 0;
 }
@@ -958,8 +955,7 @@ static void on_stall_check(evutil_socket_t fd, short what, void *arg)
             continue;
         if (st->last_send_ms == 0)
             st->last_send_ms = now;
-        if (now - st->last_send_ms > limit &&
-            nghttp2_session_get_stream_remote_window_size(c->session, st->id) <= 0) {
+        if (now - st->last_send_ms > limit && nghttp2_session_get_stream_remote_window_size(c->session, st->id) <= 0) {
             log_info("client %s: HTTP/2 stream %d: no flow-control window for %llu ms; stream reset", c->client_ip, st->id,
                      (unsigned long long)limit);
             nghttp2_submit_rst_stream(c->session, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
@@ -1027,8 +1023,8 @@ static void on_drain(struct conn_link *link)
     if (c->dead)
         return;
     c->closing = true;
-    nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->session),
-                          NGHTTP2_NO_ERROR, NULL, 0);
+    nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->session), NGHTTP2_NO_ERROR,
+                          NULL, 0);
     if (flush_session(c) != CO_OK || (c->n_streams == 0 && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0))
         conn_free(c);
 }

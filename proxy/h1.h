@@ -14,12 +14,12 @@
 #include <stdint.h>
 
 /* Results. >= 0 means "head complete, this many bytes consumed". */
-#define H1_INCOMPLETE (-1)    /* need more bytes */
-#define H1_ERR_BAD (-400)     /* malformed / smuggling shape -> 400 */
-#define H1_ERR_URI_LONG (-414) /* request line longer than limit -> 414 */
+#define H1_INCOMPLETE (-1)      /* need more bytes */
+#define H1_ERR_BAD (-400)       /* malformed / smuggling shape -> 400 */
+#define H1_ERR_URI_LONG (-414)  /* request line longer than limit -> 414 */
 #define H1_ERR_HDR_LARGE (-431) /* head bytes or field count over limit -> 431 */
-#define H1_ERR_VERSION (-505)  /* HTTP/2.0, HTTP/3 etc. -> 505 */
-#define H1_ERR_NOT_IMPL (-501) /* Transfer-Encoding other than exactly "chunked" on a request -> 501 */
+#define H1_ERR_VERSION (-505)   /* HTTP/2.0, HTTP/3 etc. -> 505 */
+#define H1_ERR_NOT_IMPL (-501)  /* Transfer-Encoding other than exactly "chunked" on a request -> 501 */
 
 /* Hard cap for the header array; the configured max_headers must be <= this. */
 #define H1_MAX_HEADERS 256
@@ -39,16 +39,16 @@ struct h1_limits {
 
 /* Framing and semantic flags derived from the head, shared by both directions. */
 struct h1_message {
-    int version_minor;       /* HTTP/1.x: 0 or 1 */
+    int version_minor; /* HTTP/1.x: 0 or 1 */
     struct h1_header headers[H1_MAX_HEADERS];
     size_t n_headers;
-    int64_t content_length;  /* -1 when absent */
-    bool chunked;            /* Transfer-Encoding: chunked (final coding) */
-    bool keep_alive;         /* after this message the connection may be reused
-                                (1.1 without "close", or 1.0 with "keep-alive") */
-    bool connection_close;   /* Connection: close present */
-    bool upgrade;            /* Connection: upgrade + Upgrade present */
-    const char *error;       /* static text saying what was wrong when a parser fails */
+    int64_t content_length; /* -1 when absent */
+    bool chunked;           /* Transfer-Encoding: chunked (final coding) */
+    bool keep_alive;        /* after this message the connection may be reused
+                               (1.1 without "close", or 1.0 with "keep-alive") */
+    bool connection_close;  /* Connection: close present */
+    bool upgrade;           /* Connection: upgrade + Upgrade present */
+    const char *error;      /* static text saying what was wrong when a parser fails */
 };
 
 struct h1_request {
@@ -57,9 +57,9 @@ struct h1_request {
     size_t method_len;
     const char *target; /* request-target as sent (origin-form or absolute-form) */
     size_t target_len;
-    const char *path;   /* origin-form path+query (for absolute-form: the part after the authority, "/" if empty) */
+    const char *path; /* origin-form path+query (for absolute-form: the part after the authority, "/" if empty) */
     size_t path_len;
-    const char *host;   /* the Host field value (validated; exactly one Host) */
+    const char *host; /* the Host field value (validated; exactly one Host) */
     size_t host_len;
     bool expect_continue; /* Expect: 100-continue (any other Expect value -> H1_ERR_BAD? no: 417 is not ours; treated as BAD) */
     bool is_connect;      /* CONNECT method (the proxy answers 405) */
@@ -67,7 +67,7 @@ struct h1_request {
 
 struct h1_response {
     struct h1_message msg;
-    int status;          /* 100..599 */
+    int status; /* 100..599 */
     const char *reason;
     size_t reason_len;
 };

@@ -226,7 +226,7 @@ int main(int argc, char **argv)
         return cmd_token(argc, argv);
 
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"check", no_argument, NULL, 'k'},    {"workers", required_argument, NULL, 'w'},
+        {"config", required_argument, NULL, 'c'}, {"check", no_argument, NULL, 'k'},   {"workers", required_argument, NULL, 'w'},
         {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0},
     };
     struct app app = {0};
@@ -272,8 +272,8 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check) {
-        printf("%s: ok (%zu listeners, %zu clusters, %zu routes)\n", app.config_path, app.cfg->n_listeners,
-               app.cfg->n_clusters, app.cfg->n_routes);
+        printf("%s: ok (%zu listeners, %zu clusters, %zu routes)\n", app.config_path, app.cfg->n_listeners, app.cfg->n_clusters,
+               app.cfg->n_routes);
         config_unref(app.cfg);
         return 0;
     }
@@ -288,8 +288,8 @@ int main(int argc, char **argv)
      * locks on the request path. */
     app.base = event_base_new();
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    app.n_workers = workers_override ? (unsigned)workers_override
-                                     : (app.cfg->workers ? app.cfg->workers : (unsigned)(ncpu > 0 ? ncpu : 1));
+    app.n_workers =
+        workers_override ? (unsigned)workers_override : (app.cfg->workers ? app.cfg->workers : (unsigned)(ncpu > 0 ? ncpu : 1));
     if (accesslog_global_start(1) != CO_OK)
         return 1;
     app.workers = co_calloc(app.n_workers, sizeof(*app.workers));

@@ -22,22 +22,22 @@ typedef _Atomic uint64_t metric_t;
 #define METRIC_GET(m) atomic_load_explicit(&(m), memory_order_relaxed)
 
 struct metrics {
-    metric_t requests;            /* requests answered (any status) */
-    metric_t status_class[6];     /* index status/100 (0 = aborted before a status) */
-    metric_t reason[4];           /* by enum decide_reason */
-    metric_t override_rejected;   /* override values that were present but invalid */
-    metric_t no_route;            /* 404 because no route matched */
-    metric_t bad_requests;        /* 4xx produced by the parser / limits */
+    metric_t requests;          /* requests answered (any status) */
+    metric_t status_class[6];   /* index status/100 (0 = aborted before a status) */
+    metric_t reason[4];         /* by enum decide_reason */
+    metric_t override_rejected; /* override values that were present but invalid */
+    metric_t no_route;          /* 404 because no route matched */
+    metric_t bad_requests;      /* 4xx produced by the parser / limits */
     metric_t upstream_connect_errors;
     metric_t upstream_timeouts;
     metric_t upstream_bad_responses;
     metric_t upstream_retries;
     metric_t conns_accepted;
-    metric_t log_dropped;         /* access-log lines dropped because the writer fell behind */
-    metric_t conns_h1;            /* open downstream HTTP/1.1 connections (gauge) */
-    metric_t conns_h2;            /* open downstream HTTP/2 connections (gauge) */
+    metric_t log_dropped;            /* access-log lines dropped because the writer fell behind */
+    metric_t conns_h1;               /* open downstream HTTP/1.1 connections (gauge) */
+    metric_t conns_h2;               /* open downstream HTTP/2 connections (gauge) */
     metric_t tls_handshake_failures; /* downstream TLS handshakes that failed or timed out */
-    metric_t h2_calm;             /* HTTP/2 connections ended for abuse (glitch budget, outbound queue) */
+    metric_t h2_calm;                /* HTTP/2 connections ended for abuse (glitch budget, outbound queue) */
 };
 
 /* Request duration histogram bounds, in microseconds (Prometheus `le` in seconds). */
@@ -49,7 +49,7 @@ extern const uint64_t metrics_bucket_us[METRICS_BUCKETS];
 struct route_stats {
     char *route;
     char *cluster;
-    metric_t requests[4][6];                  /* [decide_reason][status class] */
+    metric_t requests[4][6];                   /* [decide_reason][status class] */
     metric_t duration_bucket[METRICS_BUCKETS]; /* cumulative counts are computed at scrape */
     metric_t duration_count;
     metric_t duration_sum_us;

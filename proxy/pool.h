@@ -23,35 +23,35 @@ LIST_HEAD(h2session_list, h2session);
 /* One endpoint of a cluster as seen by one worker. */
 struct ep_pool {
     char *cluster_name;
-    char *endpoint_name;           /* "HOST:PORT" */
-    uint32_t max_idle;             /* from the newest config that has this endpoint */
+    char *endpoint_name; /* "HOST:PORT" */
+    uint32_t max_idle;   /* from the newest config that has this endpoint */
     uint64_t idle_timeout_ms;
-    bool retired;                  /* left the config: connections are not parked */
-    size_t addr_rr;                /* round robin over the endpoint's addresses */
-    struct upconn_list idle;       /* idle keep-alive connections, most recent first */
+    bool retired;            /* left the config: connections are not parked */
+    size_t addr_rr;          /* round robin over the endpoint's addresses */
+    struct upconn_list idle; /* idle keep-alive connections, most recent first */
     unsigned n_idle;
     unsigned n_active;
     /* HTTP/2 sessions of this worker to the endpoint (upstream_h2.c owns
      * them). A LIST so that the zeroed ep_pool is a valid empty list. */
     struct h2session_list h2_sessions;
     unsigned n_h2_sessions;
-    bool h2;                       /* protocol auto: the endpoint chose h2 in ALPN, new streams go to upstream_h2_start */
+    bool h2; /* protocol auto: the endpoint chose h2 in ALPN, new streams go to upstream_h2_start */
 };
 
 struct cluster_pool {
     struct ep_pool **eps; /* one per endpoint of the cluster, config order */
     size_t n_eps;
-    size_t rr;            /* round robin over endpoints */
+    size_t rr; /* round robin over endpoints */
 };
 
 struct pool {
     struct worker *worker;
-    const struct config *cfg;  /* config the index below was built for */
+    const struct config *cfg;      /* config the index below was built for */
     struct cluster_pool *clusters; /* indexed by cluster_conf.index */
     size_t n_clusters;
-    struct ep_pool **all;      /* every ep_pool ever created and still referenced */
+    struct ep_pool **all; /* every ep_pool ever created and still referenced */
     size_t n_all;
-    size_t rr;                 /* round robin for streams of older snapshots */
+    size_t rr; /* round robin for streams of older snapshots */
 };
 
 struct pool *pool_new(struct worker *w, const struct config *cfg);

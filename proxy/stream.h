@@ -62,25 +62,25 @@ struct stream {
     void *down; /* the downstream connection object */
 
     /* Request (owned copies). */
-    char *head;                /* arena holding method/target/host/field bytes */
+    char *head; /* arena holding method/target/host/field bytes */
     const char *method;
     size_t method_len;
-    const char *target;        /* path+query sent upstream */
+    const char *target; /* path+query sent upstream */
     size_t target_len;
-    const char *host;          /* Host / :authority */
+    const char *host; /* Host / :authority */
     size_t host_len;
-    struct h1_header *fields;  /* end-to-end request fields, hop-by-hop removed */
+    struct h1_header *fields; /* end-to-end request fields, hop-by-hop removed */
     size_t n_fields;
-    int version_minor;         /* client's HTTP/1.x minor; 1 for HTTP/2 */
+    int version_minor; /* client's HTTP/1.x minor; 1 for HTTP/2 */
     bool is_head;
-    bool has_body;             /* a request body follows */
-    int64_t content_length;    /* -1 when the length is unknown (chunked / h2 without c-l) */
+    bool has_body;          /* a request body follows */
+    int64_t content_length; /* -1 when the length is unknown (chunked / h2 without c-l) */
     bool expect_continue;
-    bool te_trailers;          /* the client sent "TE: trailers" (gRPC): passed on where allowed (HTTP/2 upstreams) */
-    bool websocket;            /* Upgrade: websocket requested (HTTP/1.1 GET); a tunnel after 101 */
-    bool tunnel;               /* 101 received: bytes flow both ways unframed until either side closes */
-    bool tls;                  /* downstream is TLS (X-Forwarded-Proto) */
-    const char *proto;         /* "HTTP/1.1", "HTTP/1.0", "HTTP/2" for logs */
+    bool te_trailers;  /* the client sent "TE: trailers" (gRPC): passed on where allowed (HTTP/2 upstreams) */
+    bool websocket;    /* Upgrade: websocket requested (HTTP/1.1 GET); a tunnel after 101 */
+    bool tunnel;       /* 101 received: bytes flow both ways unframed until either side closes */
+    bool tls;          /* downstream is TLS (X-Forwarded-Proto) */
+    const char *proto; /* "HTTP/1.1", "HTTP/1.0", "HTTP/2" for logs */
     char client_ip[INET6_ADDRSTRLEN];
     char request_id[72];
 
@@ -89,27 +89,27 @@ struct stream {
     const struct cluster_conf *cluster;
     int split_index;
     enum decide_reason reason;
-    struct route_stats *rstats;   /* labelled counters (worker-owned) */
+    struct route_stats *rstats; /* labelled counters (worker-owned) */
     struct cluster_stats *cstats;
     char new_cookie[40]; /* sticky cookie value issued with this response, "" if none */
     bool override_rejected;
 
     /* Upstream. */
     struct upstream *up;
-    bool up_ready;              /* the request head went out on `up`: body may follow */
-    char endpoint[80];          /* "name (addr)" of the endpoint used, for logs */
-    bool body_done;             /* whole request body forwarded */
-    bool body_started;          /* some request-body bytes were taken from the client */
-    uint64_t bytes_in;          /* request body bytes */
-    uint64_t bytes_out;         /* response body bytes */
+    bool up_ready;      /* the request head went out on `up`: body may follow */
+    char endpoint[80];  /* "name (addr)" of the endpoint used, for logs */
+    bool body_done;     /* whole request body forwarded */
+    bool body_started;  /* some request-body bytes were taken from the client */
+    uint64_t bytes_in;  /* request body bytes */
+    uint64_t bytes_out; /* response body bytes */
     unsigned attempts;
-    struct evbuffer *body_buf;  /* scratch for request-body moves */
+    struct evbuffer *body_buf; /* scratch for request-body moves */
 
     /* Response. */
     int status;
     bool resp_started; /* head sent downstream */
     bool resp_done;
-    bool finished;     /* ops->done() was called */
+    bool finished; /* ops->done() was called */
 
     uint64_t t_start_us;
     uint64_t t_up_start_us;

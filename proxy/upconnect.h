@@ -25,8 +25,7 @@ struct upconnect;
  * or certificate failure: nothing was sent) and `why` is a log-ready reason.
  * The upconnect object is freed before the callback runs.
  */
-typedef void (*upconnect_cb)(void *arg, struct bufferevent *bev, const char *alpn, const char *addr, int status,
-                             const char *why);
+typedef void (*upconnect_cb)(void *arg, struct bufferevent *bev, const char *alpn, const char *addr, int status, const char *why);
 
 /*
  * Start connecting to the next address of endpoint e (round robin in ep) for

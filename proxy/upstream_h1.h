@@ -29,24 +29,24 @@ enum upconn_state {
 };
 
 struct upconn {
-    struct upstream base;     /* first: the stream sees only this */
+    struct upstream base; /* first: the stream sees only this */
     struct worker *worker;
-    struct bufferevent *bev;  /* NULL while connecting */
+    struct bufferevent *bev;      /* NULL while connecting */
     struct upconnect *connecting; /* the connection attempt in progress */
-    struct ep_pool *ep;       /* the endpoint pool it belongs to */
-    struct stream *stream;    /* NULL when idle */
-    TAILQ_ENTRY(upconn) link; /* idle list */
+    struct ep_pool *ep;           /* the endpoint pool it belongs to */
+    struct stream *stream;        /* NULL when idle */
+    TAILQ_ENTRY(upconn) link;     /* idle list */
     enum upconn_state state;
-    bool reused;              /* carried an earlier exchange */
-    bool head_done;           /* response head parsed */
+    bool reused;    /* carried an earlier exchange */
+    bool head_done; /* response head parsed */
     bool resp_done;
-    bool paused;              /* downstream full: not consuming input */
-    bool keep_alive;          /* upstream allows reuse */
+    bool paused;     /* downstream full: not consuming input */
+    bool keep_alive; /* upstream allows reuse */
     enum h1_body_kind body_kind;
-    uint64_t remaining;       /* LENGTH bodies */
+    uint64_t remaining; /* LENGTH bodies */
     struct h1_chunked chunked;
-    struct evbuffer *tmp;     /* payload handed to the stream */
-    char addr[64];            /* "ip:port" connected to */
+    struct evbuffer *tmp; /* payload handed to the stream */
+    char addr[64];        /* "ip:port" connected to */
     unsigned exchanges;
 };
 

@@ -206,8 +206,7 @@ void worker_conn_closed(struct worker *w)
         on_resume(-1, 0, w);
 }
 
-void worker_conn_link(struct worker *w, struct conn_link *link, void (*drain)(struct conn_link *),
-                      void (*kill)(struct conn_link *))
+void worker_conn_link(struct worker *w, struct conn_link *link, void (*drain)(struct conn_link *), void (*kill)(struct conn_link *))
 {
     link->drain = drain;
     link->kill = kill;

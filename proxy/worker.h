@@ -34,36 +34,36 @@ struct conn_link {
 struct wlistener {
     struct worker *worker;
     struct evconnlistener *listener;
-    char *address;     /* as in the config: identity across reloads */
-    void *tls_ctx;     /* SSL_CTX* (a reference) for TLS listeners, else NULL */
+    char *address; /* as in the config: identity across reloads */
+    void *tls_ctx; /* SSL_CTX* (a reference) for TLS listeners, else NULL */
 };
 
 struct worker {
     unsigned id;
     pthread_t thread;
     struct event_base *base;
-    struct config *cfg;        /* current snapshot; new streams take a reference */
+    struct config *cfg; /* current snapshot; new streams take a reference */
     struct wlistener **listeners;
     size_t n_listeners;
-    struct pool *pool;         /* upstream connection pools (pool.c) */
-    struct decide_wrr *wrr;    /* per route index of cfg: smooth WRR state */
-    struct accesslog *log;     /* buffered access log (accesslog.c) */
-    struct metrics metrics;    /* this worker's counters; summed at scrape */
-    struct stats_table *stats; /* labelled counters by route/cluster */
+    struct pool *pool;               /* upstream connection pools (pool.c) */
+    struct decide_wrr *wrr;          /* per route index of cfg: smooth WRR state */
+    struct accesslog *log;           /* buffered access log (accesslog.c) */
+    struct metrics metrics;          /* this worker's counters; summed at scrape */
+    struct stats_table *stats;       /* labelled counters by route/cluster */
     struct route_stats **rs_index;   /* [route index * DECIDE_MAX_SPLIT + split index] for cfg */
     struct cluster_stats **cs_index; /* [cluster index] for cfg */
-    int notify_fd;             /* eventfd: the main thread wakes the worker (new config, stop) */
-    struct event *notify_ev;   /* reads notify_fd on the worker's loop */
-    atomic_bool stop_requested; /* set by the main thread before a notify */
-    pthread_mutex_t swap_lock; /* guards `pending` only (main thread -> worker hand-off) */
-    struct config *pending;    /* next snapshot, owned reference */
-    int *pending_fds;          /* listening sockets bound for it: [listener index] or -1 (owned) */
-    struct event *drain_timer; /* forced exit after the drain timeout */
-    unsigned n_conns;          /* open downstream connections */
-    struct conn_link conns;    /* list head (sentinel) of open connections */
-    int draining;              /* stop accepting; exit when n_conns == 0 */
-    atomic_bool exited;        /* the loop has returned (read by the main thread) */
-    uint64_t rng[2];           /* xorshift128+ state for request ids and cookies */
+    int notify_fd;                   /* eventfd: the main thread wakes the worker (new config, stop) */
+    struct event *notify_ev;         /* reads notify_fd on the worker's loop */
+    atomic_bool stop_requested;      /* set by the main thread before a notify */
+    pthread_mutex_t swap_lock;       /* guards `pending` only (main thread -> worker hand-off) */
+    struct config *pending;          /* next snapshot, owned reference */
+    int *pending_fds;                /* listening sockets bound for it: [listener index] or -1 (owned) */
+    struct event *drain_timer;       /* forced exit after the drain timeout */
+    unsigned n_conns;                /* open downstream connections */
+    struct conn_link conns;          /* list head (sentinel) of open connections */
+    int draining;                    /* stop accepting; exit when n_conns == 0 */
+    atomic_bool exited;              /* the loop has returned (read by the main thread) */
+    uint64_t rng[2];                 /* xorshift128+ state for request ids and cookies */
 };
 
 /* Create worker `id` for cfg: event_base, listeners bound (SO_REUSEPORT).
