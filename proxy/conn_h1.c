@@ -190,19 +190,6 @@ static bool drop_request_field(const struct h1_request *req, const struct h1_hea
     return h1_connection_lists(&req->msg, f->name, f->name_len);
 }
 
-static bool valid_request_id(const char *v, size_t n)
-{
-    if (n == 0 || n > 64)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char ch = v[i];
-        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '_' ||
-              ch == '.'))
-            return false;
-    }
-    return true;
-}
-
 extern const struct stream_down_ops h1_stream_ops;
 
 /* Hand the socket to an HTTP/2 session; this h1conn ends without closing it. */
@@ -275,13 +262,7 @@ static void begin_stream(struct h1conn *c, const char *p, size_t head_len, const
     }
     s->tls = c->tls;
     memcpy(s->client_ip, c->client_ip, sizeof(s->client_ip));
-    if (rid && valid_request_id(rid, rid_len)) {
-        memcpy(s->request_id, rid, rid_len);
-        s->request_id[rid_len] = '\0';
-    } else {
-        uint64_t a = worker_random(w), b = worker_random(w);
-        co_hex128(s->request_id, a, b);
-    }
+    stream_take_request_id(s, rid, rid_len);
 
     c->version_minor = req->msg.version_minor;
     c->close_after = !req->msg.keep_alive || w->draining;

@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "h2util.h"
 #include "stream.h"
 #include "worker.h"
 
@@ -158,15 +159,8 @@ static void conn_free(struct h2conn *c);
 static int flush_session(struct h2conn *c)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    while (evbuffer_get_length(out) < H2_OUT_HIGH) {
-        const uint8_t *data;
-        ssize_t n = nghttp2_session_mem_send(c->session, &data);
-        if (n < 0)
-            return CO_ERROR;
-        if (n == 0)
-            break;
-        evbuffer_add(out, data, (size_t)n);
-    }
+    if (h2_send_bounded(c->session, out, H2_OUT_HIGH) != 0)
+        return CO_ERROR;
     if (!nghttp2_session_want_read(c->session) && !nghttp2_session_want_write(c->session) && evbuffer_get_length(out) == 0)
         return CO_ERROR;
     return CO_OK;
@@ -609,7 +603,6 @@ static void begin_request(struct h2conn *c, struct h2stream *st, bool end_stream
     if (!why && end_stream && st->content_length > 0)
         why = "content-length does not match the DATA received";
 
-    uint64_t a = worker_random(w), b = worker_random(w);
     const char *rid = NULL;
     size_t rid_len = 0;
     for (size_t i = 0; i < s->n_fields; i++)
@@ -617,18 +610,7 @@ static void begin_request(struct h2conn *c, struct h2stream *st, bool end_stream
             rid = s->fields[i].value;
             rid_len = s->fields[i].value_len;
         }
-    bool rid_ok = rid && rid_len > 0 && rid_len <= 64;
-    for (size_t i = 0; rid_ok && i < rid_len; i++) {
-        char ch = rid[i];
-        rid_ok =
-            (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '_' || ch == '.';
-    }
-    if (rid_ok) {
-        memcpy(s->request_id, rid, rid_len);
-        s->request_id[rid_len] = '\0';
-    } else {
-        co_hex128(s->request_id, a, b);
-    }
+    stream_take_request_id(s, rid, rid_len);
 
     if (why) {
         glitch(c, why, 1);

@@ -134,6 +134,39 @@ static void decide(struct stream *s)
     METRIC_INC(w->metrics.reason[s->reason]);
 }
 
+void stream_take_request_id(struct stream *s, const char *rid, size_t len)
+{
+    bool ok = rid != NULL && len > 0 && len <= 64;
+    for (size_t i = 0; ok && i < len; i++) {
+        char ch = rid[i];
+        ok =
+            (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '_' || ch == '.';
+    }
+    if (ok) {
+        memcpy(s->request_id, rid, len);
+        s->request_id[len] = '\0';
+        return;
+    }
+    uint64_t a = worker_random(s->worker);
+    co_hex128(s->request_id, a, worker_random(s->worker));
+}
+
+int stream_proxy_field(const struct h1_header *f)
+{
+    static const char *const names[] = {"via", "x-request-id", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"};
+    for (size_t i = 0; i < CO_ARRAY_SIZE(names); i++)
+        if (co_strieq(f->name, f->name_len, names[i]))
+            return (int)f->name_len;
+    return 0;
+}
+
+const char *stream_via(const struct stream *s)
+{
+    if (s->version_minor == 0)
+        return "1.0 cutover";
+    return s->proto[5] == '2' ? "2 cutover" : "1.1 cutover";
+}
+
 void stream_up_count(struct worker *w, struct stream *s, enum up_counter which)
 {
     struct cluster_stats *cs = s ? s->cstats : NULL;

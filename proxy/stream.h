@@ -140,6 +140,20 @@ void stream_respond(struct stream *s, int status, const char *body);
 /* Free (after done or abort). Writes the access log line. */
 void stream_free(struct stream *s);
 
+/* Request fields the proxy replaces with its own values upstream: returns
+ * the field's name length (3 via, 12 x-request-id, 15 x-forwarded-for,
+ * 16 x-forwarded-host, 17 x-forwarded-proto) or 0 for any other field.
+ * Shared by the HTTP/1.1 and HTTP/2 upstream sides. */
+int stream_proxy_field(const struct h1_header *f);
+
+/* Set s->request_id: the client's x-request-id value when it is sane
+ * (1..64 of [A-Za-z0-9._-]; rid may be NULL), else 32 random hex digits. */
+void stream_take_request_id(struct stream *s, const char *rid, size_t len);
+
+/* Our Via entry (RFC 9110 §7.6.3): received-protocol and pseudonym,
+ * "1.0 cutover", "1.1 cutover" or "2 cutover". */
+const char *stream_via(const struct stream *s);
+
 enum up_counter {
     UPC_CONNECT_ERROR,
     UPC_TIMEOUT,

@@ -77,25 +77,6 @@ static void reset_exchange(struct upconn *c)
     h1_chunked_init(&c->chunked);
 }
 
-static bool skip_request_field(const struct h1_header *f)
-{
-    /* Replaced by the proxy's own values below. */
-    switch (f->name_len) {
-    case 3:
-        return co_strieq(f->name, 3, "via");
-    case 12:
-        return co_strieq(f->name, 12, "x-request-id");
-    case 15:
-        return co_strieq(f->name, 15, "x-forwarded-for");
-    case 16:
-        return co_strieq(f->name, 16, "x-forwarded-host");
-    case 17:
-        return co_strieq(f->name, 17, "x-forwarded-proto");
-    default:
-        return false;
-    }
-}
-
 /* Serialise the request head (RFC 9112 §3) with the proxy's fields. */
 static void write_head(struct upconn *c, struct stream *s)
 {
@@ -117,11 +98,12 @@ static void write_head(struct upconn *c, struct stream *s)
     OB_LIT(o, "\r\n");
     for (size_t i = 0; i < s->n_fields; i++) {
         const struct h1_header *f = &s->fields[i];
-        if (skip_request_field(f)) {
-            if (f->name_len == 15 && xff == NULL) {
+        int which = stream_proxy_field(f);
+        if (which) {
+            if (which == 15 && xff == NULL) {
                 xff = f->value;
                 xff_len = f->value_len;
-            } else if (f->name_len == 3 && via == NULL) {
+            } else if (which == 3 && via == NULL) {
                 via = f->value;
                 via_len = f->value_len;
             }
@@ -148,7 +130,7 @@ static void write_head(struct upconn *c, struct stream *s)
         OB_LIT(o, ", ");
     }
     /* RFC 9110 §7.6.3: received-protocol, then our pseudonym. */
-    ob_str(o, s->version_minor == 0 ? "1.0 cutover" : (s->proto[5] == '2' ? "2 cutover" : "1.1 cutover"));
+    ob_str(o, stream_via(s));
     OB_LIT(o, "\r\nx-request-id: ");
     ob_str(o, s->request_id);
     if (s->websocket) {

@@ -49,6 +49,7 @@
 #include <sys/queue.h>
 
 #include "common.h"
+#include "h2util.h"
 #include "pool.h"
 #include "stream.h"
 #include "upconnect.h"
@@ -304,25 +305,6 @@ static bool skip_request_field(const struct h1_header *f)
     }
 }
 
-/* X-Forwarded-* / Via / X-Request-Id: replaced by the proxy's own values. */
-static int proxy_field(const struct h1_header *f)
-{
-    switch (f->name_len) {
-    case 3:
-        return co_strieq(f->name, 3, "via") ? 3 : 0;
-    case 12:
-        return co_strieq(f->name, 12, "x-request-id") ? 12 : 0;
-    case 15:
-        return co_strieq(f->name, 15, "x-forwarded-for") ? 15 : 0;
-    case 16:
-        return co_strieq(f->name, 16, "x-forwarded-host") ? 16 : 0;
-    case 17:
-        return co_strieq(f->name, 17, "x-forwarded-proto") ? 17 : 0;
-    default:
-        return 0;
-    }
-}
-
 static nghttp2_nv nv(const char *name, size_t name_len, const char *value, size_t value_len)
 {
     return (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, name_len, value_len, NGHTTP2_NV_FLAG_NONE};
@@ -392,7 +374,7 @@ static int submit(struct h2session *sess, struct h2ustream *st, const char **why
         const struct h1_header *f = &s->fields[i];
         if (skip_request_field(f))
             continue;
-        int which = proxy_field(f);
+        int which = stream_proxy_field(f);
         if (which == 15 && xff == NULL) {
             xff = f->value;
             xff_len = f->value_len;
@@ -427,7 +409,7 @@ static int submit(struct h2session *sess, struct h2ustream *st, const char **why
         ADD_LIT(scratch, ", ");
     }
     /* RFC 9110 §7.6.3: received-protocol, then our pseudonym. */
-    const char *me = s->version_minor == 0 ? "1.0 cutover" : (s->proto[5] == '2' ? "2 cutover" : "1.1 cutover");
+    const char *me = stream_via(s);
     evbuffer_add(scratch, me, strlen(me));
     size_t cl_off = evbuffer_get_length(scratch);
     bool send_cl = s->has_body && s->content_length >= 0;
@@ -991,17 +973,10 @@ static void session_lost(struct h2session *sess, int status, const char *what, e
  * (on_write asks for more). CO_ERROR on a fatal nghttp2 error. */
 static int flush(struct h2session *sess)
 {
-    struct evbuffer *out = bufferevent_get_output(sess->bev);
-    while (evbuffer_get_length(out) < H2U_OUT_HIGH) {
-        const uint8_t *data;
-        ssize_t n = nghttp2_session_mem_send(sess->ngh, &data);
-        if (n < 0) {
-            log_warn("upstream %s: nghttp2_session_mem_send: %s; closing the connection", sess->addr, nghttp2_strerror((int)n));
-            return CO_ERROR;
-        }
-        if (n == 0)
-            break;
-        evbuffer_add(out, data, (size_t)n);
+    int rv = h2_send_bounded(sess->ngh, bufferevent_get_output(sess->bev), H2U_OUT_HIGH);
+    if (rv != 0) {
+        log_warn("upstream %s: nghttp2_session_mem_send: %s; closing the connection", sess->addr, nghttp2_strerror(rv));
+        return CO_ERROR;
     }
     return CO_OK;
 }
