@@ -18,6 +18,8 @@
 #include "../config/config.h"
 #include "accesslog.h"
 #include "app.h"
+#include "health.h"
+#include "ramp.h"
 #include "common.h"
 #include "decide.h"
 #include "worker.h"
@@ -63,6 +65,7 @@ struct agg_route {
     uint64_t requests[4][6];
     uint64_t bucket[METRICS_BUCKETS];
     uint64_t count, sum_us;
+    uint64_t mirror_sent, mirror_skipped, mirror_failed, mirror_mismatch;
 };
 
 struct agg_cluster {
@@ -99,6 +102,10 @@ static void labelled_metrics(struct app *app, struct evbuffer *b)
                 ar[k].bucket[q] += METRIC_GET(rs->duration_bucket[q]);
             ar[k].count += METRIC_GET(rs->duration_count);
             ar[k].sum_us += METRIC_GET(rs->duration_sum_us);
+            ar[k].mirror_sent += METRIC_GET(rs->mirror_sent);
+            ar[k].mirror_skipped += METRIC_GET(rs->mirror_skipped);
+            ar[k].mirror_failed += METRIC_GET(rs->mirror_failed);
+            ar[k].mirror_mismatch += METRIC_GET(rs->mirror_mismatch);
         }
         n = atomic_load_explicit(&t->n_clusters, memory_order_acquire);
         for (size_t i = 0; i < n; i++) {
@@ -144,6 +151,25 @@ static void labelled_metrics(struct app *app, struct evbuffer *b)
         evbuffer_add_printf(b, "cutover_request_duration_seconds_count{route=\"%s\",cluster=\"%s\"} %llu\n", ar[k].route,
                             ar[k].cluster, (unsigned long long)ar[k].count);
     }
+    metric_head(b, "cutover_mirror_requests_total", "counter",
+                "Mirror copies by route and mirror cluster: sent, skipped (in-flight cap, body over max_body) or failed "
+                "(no upstream response).");
+    for (size_t k = 0; k < n_ar; k++) {
+        if (ar[k].mirror_sent + ar[k].mirror_skipped + ar[k].mirror_failed + ar[k].mirror_mismatch == 0)
+            continue;
+        evbuffer_add_printf(b, "cutover_mirror_requests_total{route=\"%s\",cluster=\"%s\",result=\"sent\"} %llu\n", ar[k].route,
+                            ar[k].cluster, (unsigned long long)ar[k].mirror_sent);
+        evbuffer_add_printf(b, "cutover_mirror_requests_total{route=\"%s\",cluster=\"%s\",result=\"skipped\"} %llu\n",
+                            ar[k].route, ar[k].cluster, (unsigned long long)ar[k].mirror_skipped);
+        evbuffer_add_printf(b, "cutover_mirror_requests_total{route=\"%s\",cluster=\"%s\",result=\"failed\"} %llu\n",
+                            ar[k].route, ar[k].cluster, (unsigned long long)ar[k].mirror_failed);
+    }
+    metric_head(b, "cutover_mirror_mismatch_total", "counter",
+                "Mirror copies whose status class differed from the real response, by route and mirror cluster.");
+    for (size_t k = 0; k < n_ar; k++)
+        if (ar[k].mirror_sent + ar[k].mirror_mismatch)
+            evbuffer_add_printf(b, "cutover_mirror_mismatch_total{route=\"%s\",cluster=\"%s\"} %llu\n", ar[k].route,
+                                ar[k].cluster, (unsigned long long)ar[k].mirror_mismatch);
     const struct {
         const char *name, *help;
         size_t off;
@@ -164,6 +190,17 @@ static void labelled_metrics(struct app *app, struct evbuffer *b)
     }
     free(ar);
     free(ac);
+}
+
+/* Share of split entry k now: the ramp's, else the written weights'. */
+static double live_share(const struct route_conf *rt, size_t k)
+{
+    if (rt->ramp_state) {
+        uint32_t share = atomic_load(&rt->ramp_state->share);
+        if (share != RAMP_SHARE_WEIGHTS)
+            return (k == 0 ? (double)share : (double)(CONFIG_BUCKETS - share)) / CONFIG_BUCKETS;
+    }
+    return (double)rt->split[k].weight / (double)rt->total_weight;
 }
 
 void admin_metrics(struct app *app, struct evbuffer *b)
@@ -191,6 +228,10 @@ void admin_metrics(struct app *app, struct evbuffer *b)
                             (unsigned long long)v);
     }
     labelled_metrics(app, b);
+    metric_plain(b, "cutover_retry_budget_exhausted_total", "counter",
+                 "Retries refused because the route's retry budget was spent.", SUM(app, retry_budget_exhausted));
+    health_metrics(app->health, b);
+    ramps_metrics(app->ramps, b);
     metric_plain(b, "cutover_override_rejected_total", "counter", "Override values present but not validly signed.",
                  SUM(app, override_rejected));
     metric_plain(b, "cutover_no_route_total", "counter", "Requests answered 404 because no route matched.", SUM(app, no_route));
@@ -206,12 +247,13 @@ void admin_metrics(struct app *app, struct evbuffer *b)
     metric_plain(b, "cutover_access_log_dropped_total", "counter", "Access-log lines dropped because stdout fell behind.",
                  SUM(app, log_dropped));
 
-    metric_head(b, "cutover_route_share", "gauge", "Configured share of each route's traffic per cluster (0..1).");
+    metric_head(b, "cutover_route_share", "gauge",
+                "Share of each route's traffic per cluster now (0..1): the written weights, or the ramp's step.");
     for (size_t r = 0; r < cfg->n_routes; r++) {
         const struct route_conf *rt = &cfg->routes[r];
         for (size_t k = 0; k < rt->n_split; k++)
             evbuffer_add_printf(b, "cutover_route_share{route=\"%s\",cluster=\"%s\"} %.6f\n", rt->name, rt->split[k].cluster->name,
-                                (double)rt->split[k].weight / (double)rt->total_weight);
+                                live_share(rt, k));
     }
     metric_plain(b, "cutover_config_generation", "gauge", "Generation of the config in use (1 at start, +1 per reload).",
                  app->generation);
@@ -256,12 +298,21 @@ void admin_status(struct app *app, struct evbuffer *b)
         for (size_t k = 0; k < rt->n_split; k++) {
             evbuffer_add_printf(b, "%s{\"cluster\":", k ? "," : "");
             json_str(b, rt->split[k].cluster->name);
-            evbuffer_add_printf(b, ",\"weight\":%u,\"share\":%.6f}", rt->split[k].weight,
-                                (double)rt->split[k].weight / (double)rt->total_weight);
+            evbuffer_add_printf(b, ",\"weight\":%u,\"share\":%.6f}", rt->split[k].weight, live_share(rt, k));
         }
         static const char *sticky[] = {"none", "cookie", "header", "client_ip"};
-        evbuffer_add_printf(b, "],\"sticky\":\"%s\",\"override\":%s}", sticky[rt->sticky.kind],
-                            rt->override.enabled ? "true" : "false");
+        evbuffer_add_printf(b, "],\"sticky\":\"%s\",\"override\":%s,\"failover\":%s,\"retry\":{\"attempts\":%u,\"budget\":%.4f},"
+                               "\"mirror\":",
+                            sticky[rt->sticky.kind], rt->override.enabled ? "true" : "false", rt->failover ? "true" : "false",
+                            rt->retry.attempts, rt->retry.budget / 10000.0);
+        if (rt->mirror.cluster) {
+            ADD_LIT(b, "{\"cluster\":");
+            json_str(b, rt->mirror.cluster->name);
+            evbuffer_add_printf(b, ",\"percent\":%.2f,\"compare\":%s}", rt->mirror.share / 100.0, rt->mirror.compare ? "true" : "false");
+        } else {
+            ADD_LIT(b, "null");
+        }
+        evbuffer_add_printf(b, ",\"ramp\":%s}", rt->ramp.enabled ? "true" : "false");
     }
     ADD_LIT(b, "],\"clusters\":[");
     for (size_t c = 0; c < cfg->n_clusters; c++) {
@@ -277,11 +328,16 @@ void admin_status(struct app *app, struct evbuffer *b)
         for (size_t e = 0; e < cl->n_endpoints; e++) {
             evbuffer_add_printf(b, "%s{\"name\":", e ? "," : "");
             json_str(b, cl->endpoints[e].name);
-            evbuffer_add_printf(b, ",\"addresses\":%zu}", cl->endpoints[e].n_addrs);
+            const struct ep_state *st = cl->endpoints[e].state;
+            evbuffer_add_printf(b, ",\"usable\":%s}", health_usable(st, health_now_ms()) ? "true" : "false");
         }
-        ADD_LIT(b, "]}");
+        evbuffer_add_printf(b, "],\"health_checks\":%s}", cl->health.enabled ? "true" : "false");
     }
-    evbuffer_add_printf(b, "],\"requests\":%llu}\n", (unsigned long long)SUM(app, requests));
+    ADD_LIT(b, "],\"endpoints\":");
+    health_status_json(app->health, b);
+    ADD_LIT(b, ",\"ramps\":");
+    ramps_status_json(app->ramps, b);
+    evbuffer_add_printf(b, ",\"requests\":%llu}\n", (unsigned long long)SUM(app, requests));
 }
 
 static void reply(struct evhttp_request *req, int code, const char *reason, const char *type, struct evbuffer *body)

@@ -15,6 +15,8 @@ struct config;
 struct worker;
 struct event_base;
 struct admin;
+struct health;
+struct ramps;
 
 struct app {
     const char *config_path;
@@ -31,6 +33,8 @@ struct app {
     bool draining; /* SIGTERM seen: /ready answers 503 */
     struct event_base *base;
     struct admin *admin;
+    struct health *health; /* endpoint state, probes, DNS (health.c) */
+    struct ramps *ramps;   /* ramp schedules and gates (ramp.c) */
 };
 
 /*

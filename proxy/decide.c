@@ -235,6 +235,27 @@ static bool is_ows(char c)
     return c == ' ' || c == '\t';
 }
 
+int decide_weight_share(struct decide_wrr *w, uint32_t share)
+{
+    if (w->n != 2) {
+        memset(w, 0, sizeof(*w));
+        w->n = 2;
+    }
+    if (share > CONFIG_BUCKETS)
+        share = CONFIG_BUCKETS;
+    int64_t weight[2] = {share, CONFIG_BUCKETS - share};
+    int best = -1;
+    for (int i = 0; i < 2; i++) {
+        if (weight[i] == 0)
+            continue;
+        w->current[i] += weight[i];
+        if (best < 0 || w->current[i] > w->current[best])
+            best = i;
+    }
+    w->current[best] -= CONFIG_BUCKETS;
+    return best;
+}
+
 /*
  * RFC 6265 §4.2.1 / §5.4, read loosely: "name=value" pairs separated by ';'
  * with optional whitespace; a value may be wrapped in DQUOTEs, which are not

@@ -73,6 +73,10 @@ void decide_wrr_init(struct decide_wrr *w, const struct route_conf *route);
  * picked exactly weight_i times. */
 int decide_weight(struct decide_wrr *w, const struct route_conf *route);
 
+/* Next of two entries by smooth WRR with weights share : CONFIG_BUCKETS -
+ * share (a ramp in effect; share in 0..CONFIG_BUCKETS). */
+int decide_weight_share(struct decide_wrr *w, uint32_t share);
+
 /*
  * Find cookie `name` in a Cookie header value ("a=1; b=2"). Returns CO_OK and
  * sets *val and *val_len (pointing into `header`) or CO_DECLINED.

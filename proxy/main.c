@@ -22,6 +22,8 @@
 #include "app.h"
 #include "common.h"
 #include "decide.h"
+#include "health.h"
+#include "ramp.h"
 #include "worker.h"
 
 /* How often the config file's identity is checked (a ConfigMap update swaps
@@ -74,6 +76,7 @@ static void warn_insecure(const struct config *cfg)
 static void usage(FILE *out)
 {
     fprintf(out, "usage: cutover -c FILE [--workers N]    run the proxy\n"
+                 "            [--time-scale X]              ramp clock runs X times faster (tests only)\n"
                  "       cutover --check -c FILE           validate FILE, exit 0 if valid, 1 if not\n"
                  "       cutover token CLUSTER             print an override token for CLUSTER\n"
                  "                                         (secret from $CUTOVER_OVERRIDE_SECRET)\n"
@@ -123,6 +126,18 @@ int app_reload(struct app *app, const char *why)
                   (unsigned long long)app->generation, err);
         return CO_ERROR;
     }
+    /* Endpoint state (health, DNS) for the new snapshot before anything
+     * else can refuse it: nameservers are fixed at start. */
+    if (health_attach(app->health, cfg, err, sizeof(err)) != CO_OK) {
+        config_unref(cfg);
+        app->reloads_failed++;
+        app->last_reload_ok = false;
+        snprintf(app->last_reload_error, sizeof(app->last_reload_error), "%s", err);
+        log_error("reload refused (%s), the running config (generation %llu) keeps serving: %s", why,
+                  (unsigned long long)app->generation, err);
+        return CO_ERROR;
+    }
+    ramps_attach(app->ramps, cfg);
     /* New listener addresses: bind them now, per worker, so a port that is
      * taken refuses the reload instead of failing later in a worker. */
     int **fds = co_calloc(app->n_workers, sizeof(*fds));
@@ -170,6 +185,8 @@ int app_reload(struct app *app, const char *why)
     free(fds);
     config_unref(app->cfg);
     app->cfg = cfg;
+    health_apply(app->health, cfg);
+    ramps_apply(app->ramps, cfg);
     app->reloads_ok++;
     app->last_reload_ok = true;
     app->last_reload_error[0] = '\0';
@@ -227,8 +244,10 @@ int main(int argc, char **argv)
 
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'}, {"check", no_argument, NULL, 'k'},   {"workers", required_argument, NULL, 'w'},
-        {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0},
+        {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'}, {"time-scale", required_argument, NULL, 't'},
+        {NULL, 0, NULL, 0},
     };
+    double time_scale = 1.0;
     struct app app = {0};
     bool check = false;
     long workers_override = 0;
@@ -246,6 +265,15 @@ int main(int argc, char **argv)
             workers_override = strtol(optarg, &end, 10);
             if (*end || workers_override < 1 || workers_override > 256) {
                 fprintf(stderr, "cutover: --workers expects 1..256\n");
+                return 2;
+            }
+            break;
+        }
+        case 't': {
+            char *end;
+            time_scale = strtod(optarg, &end);
+            if (*end || !(time_scale > 0 && time_scale <= 1e6)) {
+                fprintf(stderr, "cutover: --time-scale expects a number in (0, 1000000]\n");
                 return 2;
             }
             break;
@@ -292,6 +320,20 @@ int main(int argc, char **argv)
         workers_override ? (unsigned)workers_override : (app.cfg->workers ? app.cfg->workers : (unsigned)(ncpu > 0 ? ncpu : 1));
     if (accesslog_global_start(1) != CO_OK)
         return 1;
+    ramp_clock_init(time_scale);
+    if (time_scale != 1.0)
+        log_warn("--time-scale %g: the ramp clock runs %g times faster than real time (for tests only)", time_scale, time_scale);
+    if ((app.health = health_new(app.base, app.cfg, err, sizeof(err))) == NULL ||
+        health_attach(app.health, app.cfg, err, sizeof(err)) != CO_OK) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    health_apply(app.health, app.cfg);
+    /* First DNS answers before serving, so start-up does not answer 503
+     * for names; bounded by the query timeout. */
+    health_settle(app.health, app.cfg->dns.timeout_ms + 500);
+    app.ramps = ramps_new(&app);
+    ramps_attach(app.ramps, app.cfg);
     app.workers = co_calloc(app.n_workers, sizeof(*app.workers));
     for (unsigned i = 0; i < app.n_workers; i++) {
         app.workers[i] = worker_new(i, app.cfg);
@@ -310,6 +352,7 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < app.n_workers; i++)
         if (worker_start(app.workers[i]) != CO_OK)
             return 1;
+    ramps_apply(app.ramps, app.cfg);
 
     for (size_t i = 0; i < app.cfg->n_listeners; i++)
         log_info("listening on %s (%u workers)", app.cfg->listeners[i].addr.text, app.n_workers);
@@ -329,6 +372,10 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < app.n_workers; i++)
         worker_join_free(app.workers[i]);
     free(app.workers);
+    app.workers = NULL;
+    app.n_workers = 0;
+    ramps_free(app.ramps);
+    health_free(app.health);
     for (int i = 0; i < 3; i++)
         event_free(sigs[i]);
     event_base_free(app.base);

@@ -32,6 +32,7 @@ struct metrics {
     metric_t upstream_timeouts;
     metric_t upstream_bad_responses;
     metric_t upstream_retries;
+    metric_t retry_budget_exhausted; /* retries refused because the route's budget was spent */
     metric_t conns_accepted;
     metric_t log_dropped;            /* access-log lines dropped because the writer fell behind */
     metric_t conns_h1;               /* open downstream HTTP/1.1 connections (gauge) */
@@ -53,6 +54,11 @@ struct route_stats {
     metric_t duration_bucket[METRICS_BUCKETS]; /* cumulative counts are computed at scrape */
     metric_t duration_count;
     metric_t duration_sum_us;
+    /* Mirror copies of this route to this cluster (mirror.c). */
+    metric_t mirror_sent;     /* copies started */
+    metric_t mirror_skipped;  /* sampled but not sent (in-flight cap, body over max_body, request failed first) */
+    metric_t mirror_failed;   /* copies that got no upstream response (connect error, timeout, reset) */
+    metric_t mirror_mismatch; /* compare: status class differed from the real response */
 };
 
 /* Upstream counters of one cluster on one worker. */

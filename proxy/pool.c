@@ -9,9 +9,24 @@
 #include <stdlib.h>
 
 #include "common.h"
+#include "upconnect.h"
 #include "upstream_h1.h"
 #include "upstream_h2.h"
 #include "worker.h"
+
+/* An endpoint without shared state (a config that never went through
+ * health_attach: the fuzzer, unit harnesses) uses its literal address. */
+static void literal_addrs(struct ep_pool *ep, const struct endpoint_conf *e)
+{
+    if (ep->st != NULL || ep->n_addrs > 0)
+        return;
+    for (size_t i = 0; i < e->n_addrs && i < EP_MAX_ADDRS; i++) {
+        ep->addrs[i] = e->addrs[i];
+        ep->addr_lens[i] = e->addr_lens[i];
+        upconnect_addr_text((const struct sockaddr *)&ep->addrs[i], ep->addr_text[i], sizeof(ep->addr_text[i]));
+        ep->n_addrs = i + 1;
+    }
+}
 
 static struct ep_pool *find_ep(struct pool *p, const char *cluster, const char *endpoint)
 {
@@ -66,6 +81,10 @@ void pool_update(struct pool *p, const struct config *cfg)
             }
             ep->max_idle = cl->max_idle;
             ep->idle_timeout_ms = cl->idle_timeout_ms;
+            ep->max_age_ms = cl->max_connection_age_ms;
+            ep->eject = cl->eject;
+            ep->st = e->state;
+            literal_addrs(ep, e);
             ep->retired = false;
             cp->eps[j] = ep;
         }
@@ -87,43 +106,123 @@ void pool_update(struct pool *p, const struct config *cfg)
     p->cfg = cfg;
 }
 
-struct ep_pool *pool_pick(struct pool *p, const struct cluster_conf *cluster, const struct endpoint_conf **endpoint)
+static struct ep_pool *ep_for(struct pool *p, const struct cluster_conf *cluster, size_t i)
 {
-    if (p->cfg != NULL && cluster->index < p->n_clusters && &p->cfg->clusters[cluster->index] == cluster) {
-        struct cluster_pool *cp = &p->clusters[cluster->index];
-        size_t i = cp->rr++ % cp->n_eps;
-        *endpoint = &cluster->endpoints[i];
-        return cp->eps[i];
-    }
+    if (p->cfg != NULL && cluster->index < p->n_clusters && &p->cfg->clusters[cluster->index] == cluster)
+        return p->clusters[cluster->index].eps[i];
     /* A stream of an older config snapshot: find by name. */
-    const struct endpoint_conf *e = &cluster->endpoints[p->rr++ % cluster->n_endpoints];
+    const struct endpoint_conf *e = &cluster->endpoints[i];
     struct ep_pool *ep = find_ep(p, cluster->name, e->name);
     if (ep == NULL) {
         ep = co_calloc(1, sizeof(*ep));
         ep->cluster_name = co_strdup(cluster->name);
         ep->endpoint_name = co_strdup(e->name);
         ep->retired = true; /* not in the current config */
+        ep->st = e->state;
+        literal_addrs(ep, e);
+        ep->eject = cluster->eject;
+        ep->max_age_ms = cluster->max_connection_age_ms;
         TAILQ_INIT(&ep->idle);
         p->all = co_realloc(p->all, (p->n_all + 1) * sizeof(*p->all));
         p->all[p->n_all++] = ep;
     }
-    *endpoint = e;
     return ep;
+}
+
+struct ep_pool *pool_pick(struct pool *p, const struct cluster_conf *cluster, const struct ep_state *avoid,
+                          const struct endpoint_conf **endpoint)
+{
+    size_t n = cluster->n_endpoints;
+    bool current = p->cfg != NULL && cluster->index < p->n_clusters && &p->cfg->clusters[cluster->index] == cluster;
+    size_t start = current ? p->clusters[cluster->index].rr++ : p->rr++;
+    uint64_t now = health_now_ms();
+    int usable = -1, avoided = -1, panic = -1;
+    for (size_t k = 0; k < n && usable < 0; k++) {
+        size_t i = (start + k) % n;
+        const struct ep_state *st = cluster->endpoints[i].state;
+        if (health_usable(st, now)) {
+            if (st == avoid && avoid != NULL) {
+                if (avoided < 0)
+                    avoided = (int)i;
+            } else {
+                usable = (int)i;
+            }
+        } else if (panic < 0 && (st == NULL || atomic_load_explicit(&st->resolved, memory_order_relaxed))) {
+            panic = (int)i;
+        }
+    }
+    int i = usable >= 0 ? usable : avoided >= 0 ? avoided : panic;
+    if (i < 0)
+        return NULL;
+    *endpoint = &cluster->endpoints[i];
+    return ep_for(p, cluster, (size_t)i);
+}
+
+/* DNS moved the addresses: take the new list and close idle connections to
+ * addresses that left (active ones finish their exchange and are not
+ * reused: see pool_addr_current). */
+static void refresh_addrs(struct ep_pool *ep)
+{
+    if (!health_addrs(ep->st, &ep->addr_gen, ep->addrs, ep->addr_lens, &ep->n_addrs))
+        return;
+    for (size_t i = 0; i < ep->n_addrs; i++)
+        upconnect_addr_text((const struct sockaddr *)&ep->addrs[i], ep->addr_text[i], sizeof(ep->addr_text[i]));
+    struct upconn *c, *next;
+    for (c = TAILQ_FIRST(&ep->idle); c; c = next) {
+        next = TAILQ_NEXT(c, link);
+        if (!pool_addr_current(ep, c->addr))
+            upconn_free(c);
+    }
+#ifdef CUTOVER_H2_UPSTREAM
+    upstream_h2_retire_gone(ep);
+#endif
+}
+
+bool pool_next_addr(struct ep_pool *ep, const struct sockaddr **sa, socklen_t *len)
+{
+    if (ep->st != NULL && atomic_load_explicit(&ep->st->addr_gen, memory_order_acquire) != ep->addr_gen)
+        refresh_addrs(ep);
+    if (ep->n_addrs == 0)
+        return false;
+    size_t i = ep->addr_rr++ % ep->n_addrs;
+    *sa = (const struct sockaddr *)&ep->addrs[i];
+    *len = ep->addr_lens[i];
+    return true;
+}
+
+bool pool_addr_current(const struct ep_pool *ep, const char *addr)
+{
+    for (size_t i = 0; i < ep->n_addrs; i++)
+        if (strcmp(ep->addr_text[i], addr) == 0)
+            return true;
+    return false;
+}
+
+bool pool_young(const struct ep_pool *ep, uint64_t born_ms)
+{
+    return ep->max_age_ms == 0 || health_now_ms() - born_ms < ep->max_age_ms;
 }
 
 struct upconn *pool_take_idle(struct ep_pool *ep)
 {
-    struct upconn *c = TAILQ_FIRST(&ep->idle);
-    if (c == NULL)
-        return NULL;
-    TAILQ_REMOVE(&ep->idle, c, link);
-    ep->n_idle--;
-    return c;
+    if (ep->st != NULL && atomic_load_explicit(&ep->st->addr_gen, memory_order_acquire) != ep->addr_gen)
+        refresh_addrs(ep);
+    struct upconn *c;
+    while ((c = TAILQ_FIRST(&ep->idle)) != NULL) {
+        if (!pool_young(ep, c->born_ms)) {
+            upconn_free(c); /* unlinks itself */
+            continue;
+        }
+        TAILQ_REMOVE(&ep->idle, c, link);
+        ep->n_idle--;
+        return c;
+    }
+    return NULL;
 }
 
 int pool_put_idle(struct ep_pool *ep, struct upconn *c)
 {
-    if (ep->retired || ep->n_idle >= ep->max_idle)
+    if (ep->retired || ep->n_idle >= ep->max_idle || !pool_young(ep, c->born_ms) || !pool_addr_current(ep, c->addr))
         return CO_DECLINED;
     TAILQ_INSERT_HEAD(&ep->idle, c, link);
     ep->n_idle++;

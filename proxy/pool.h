@@ -12,6 +12,7 @@
 #include <sys/queue.h>
 
 #include "../config/config.h"
+#include "health.h"
 
 struct upconn;
 struct worker;
@@ -27,7 +28,16 @@ struct ep_pool {
     uint32_t max_idle;   /* from the newest config that has this endpoint */
     uint64_t idle_timeout_ms;
     bool retired;            /* left the config: connections are not parked */
-    size_t addr_rr;          /* round robin over the endpoint's addresses */
+    uint64_t max_age_ms;     /* cluster max_connection_age, 0 = unlimited */
+    struct eject_conf eject; /* the cluster's passive ejection settings (a copy) */
+    struct ep_state *st;     /* shared state: health, addresses (health.h) */
+    /* This worker's copy of st's addresses, refreshed when st->addr_gen moves. */
+    unsigned addr_gen;
+    size_t n_addrs;
+    size_t addr_rr; /* round robin over the addresses */
+    struct sockaddr_storage addrs[EP_MAX_ADDRS];
+    socklen_t addr_lens[EP_MAX_ADDRS];
+    char addr_text[EP_MAX_ADDRS][64]; /* "ip:port" of each, to match connections */
     struct upconn_list idle; /* idle keep-alive connections, most recent first */
     unsigned n_idle;
     unsigned n_active;
@@ -60,9 +70,25 @@ struct pool *pool_new(struct worker *w, const struct config *cfg);
  * pools of endpoints that left the config close their idle connections. */
 void pool_update(struct pool *p, const struct config *cfg);
 
-/* Next endpoint of `cluster` (of any live config snapshot) by round robin;
- * *endpoint is set to the endpoint's config in that snapshot. */
-struct ep_pool *pool_pick(struct pool *p, const struct cluster_conf *cluster, const struct endpoint_conf **endpoint);
+/* Next endpoint of `cluster` (of any live config snapshot) by round robin
+ * among the usable ones (health_usable), `avoid` (may be NULL) only when it
+ * is the only usable one; with none usable, any endpoint that has addresses
+ * (panic: better a try than a certain error). NULL when no endpoint has an
+ * address yet (names never resolved). *endpoint is set to the endpoint's
+ * config in that snapshot. */
+struct ep_pool *pool_pick(struct pool *p, const struct cluster_conf *cluster, const struct ep_state *avoid,
+                          const struct endpoint_conf **endpoint);
+
+/* Next address of ep (round robin), after refreshing ep's copy when DNS
+ * changed it (which also closes idle connections to addresses that left).
+ * false when ep has no address. */
+bool pool_next_addr(struct ep_pool *ep, const struct sockaddr **sa, socklen_t *len);
+
+/* Whether "ip:port" is still one of ep's addresses. */
+bool pool_addr_current(const struct ep_pool *ep, const char *addr);
+
+/* A connection made at born_ms may carry another exchange (age cap). */
+bool pool_young(const struct ep_pool *ep, uint64_t born_ms);
 
 /* Pop an idle connection, or NULL. */
 struct upconn *pool_take_idle(struct ep_pool *ep);

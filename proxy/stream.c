@@ -13,7 +13,10 @@
 #include <stdlib.h>
 
 #include "common.h"
+#include "health.h"
+#include "mirror.h"
 #include "outbuf.h"
+#include "ramp.h"
 #include "router.h"
 #include "upstream.h"
 #include "worker.h"
@@ -60,12 +63,48 @@ static bool find_cookie(const struct stream *s, const char *name, const char **v
     return false;
 }
 
-/* Pick the split entry: override > sticky > weight (DESIGN.md). */
+/* The split entry by weight: smooth WRR over the written weights, or over
+ * share : 10000 - share while a ramp is in effect. */
+static int pick_by_weight(struct stream *s, uint32_t share, uint32_t version)
+{
+    const struct route_conf *r = s->route;
+    struct worker *w = s->worker;
+    if (s->cfg != w->cfg) {
+        /* The worker swapped configs between this stream's head and its
+         * start: w->wrr is indexed for the new one. A random pick keeps
+         * the proportions. */
+        uint64_t x = worker_random(w);
+        if (share != RAMP_SHARE_WEIGHTS)
+            return x % CONFIG_BUCKETS < share ? 0 : 1;
+        uint64_t t = x % r->total_weight;
+        for (size_t i = 0; i < r->n_split; i++) {
+            if (t < r->split[i].weight)
+                return (int)i;
+            t -= r->split[i].weight;
+        }
+        return 0;
+    }
+    if (share == RAMP_SHARE_WEIGHTS)
+        return decide_weight(&w->wrr[r->index], r);
+    if (w->ramp_seen[r->index] != version) {
+        decide_wrr_init(&w->wrr[r->index], r); /* a new step starts a new cycle */
+        w->ramp_seen[r->index] = version;
+    }
+    return decide_weight_share(&w->wrr[r->index], share);
+}
+
+/* Pick the split entry: override > sticky > weight (DESIGN.md); a ramp in
+ * effect replaces the written weights by its share. */
 static void decide(struct stream *s)
 {
     const struct route_conf *r = s->route;
     struct worker *w = s->worker;
     int idx = -1;
+    uint32_t share = RAMP_SHARE_WEIGHTS, version = 0;
+    if (r->ramp_state) {
+        version = atomic_load_explicit(&r->ramp_state->version, memory_order_acquire);
+        share = atomic_load_explicit(&r->ramp_state->share, memory_order_relaxed);
+    }
 
     if (r->override.enabled) {
         const char *v = NULL;
@@ -120,18 +159,50 @@ static void decide(struct stream *s)
             break;
         }
         if (key) {
-            idx = decide_sticky(r, decide_bucket(key, klen));
+            uint32_t bucket = decide_bucket(key, klen);
+            idx = share == RAMP_SHARE_WEIGHTS ? decide_sticky(r, bucket) : bucket < share ? 0 : 1;
             s->reason = DECIDE_STICKY;
         }
     }
 
     if (idx < 0) {
-        idx = decide_weight(&w->wrr[r->index], r);
+        idx = pick_by_weight(s, share, version);
         s->reason = DECIDE_WEIGHT;
     }
     s->split_index = idx;
     s->cluster = r->split[idx].cluster;
-    METRIC_INC(w->metrics.reason[s->reason]);
+}
+
+static bool cluster_usable(const struct cluster_conf *cl, const struct ep_state *avoid, uint64_t now)
+{
+    for (size_t i = 0; i < cl->n_endpoints; i++) {
+        const struct ep_state *st = cl->endpoints[i].state;
+        if (st != avoid && health_usable(st, now))
+            return true;
+    }
+    return false;
+}
+
+/* Failover (DESIGN.md, step 4): another split entry of the route whose
+ * cluster has a usable endpoint, the written order first. -1 when none. */
+static int failover_split(const struct stream *s, uint64_t now)
+{
+    const struct route_conf *r = s->route;
+    for (size_t j = 0; j < r->n_split; j++)
+        if (r->split[j].cluster != s->cluster && cluster_usable(r->split[j].cluster, NULL, now))
+            return (int)j;
+    return -1;
+}
+
+static void bind_stats(struct stream *s);
+
+static void switch_side(struct stream *s, int j)
+{
+    s->split_index = j;
+    s->cluster = s->route->split[j].cluster;
+    s->reason = DECIDE_FAILOVER;
+    s->failed_ep = NULL;
+    bind_stats(s);
 }
 
 void stream_take_request_id(struct stream *s, const char *rid, size_t len)
@@ -207,20 +278,150 @@ static void bind_stats(struct stream *s)
     }
 }
 
+static struct retry_budget *route_budget(struct stream *s)
+{
+    struct worker *w = s->worker;
+    return s->cfg == w->cfg && w->budgets ? &w->budgets[s->route->index] : NULL;
+}
+
+void stream_worker_routes(struct worker *w, const struct config *cfg)
+{
+    size_t n = cfg->n_routes ? cfg->n_routes : 1;
+    struct decide_wrr *wrr = co_calloc(n, sizeof(*wrr));
+    struct retry_budget *budgets = co_calloc(n, sizeof(*budgets));
+    for (size_t i = 0; i < cfg->n_routes; i++) {
+        decide_wrr_init(&wrr[i], &cfg->routes[i]);
+        budgets[i].milli = STREAM_RETRY_RESERVE * 1000;
+    }
+    free(w->wrr);
+    free(w->budgets);
+    free(w->ramp_seen);
+    w->wrr = wrr;
+    w->budgets = budgets;
+    w->ramp_seen = co_calloc(n, sizeof(*w->ramp_seen));
+}
+
 void stream_start(struct stream *s)
 {
-    s->route = router_match(s->cfg, s->host, s->host_len, s->target, s->target_len);
-    if (s->route == NULL) {
+    const struct route_conf *r;
+    s->route = r = router_match(s->cfg, s->host, s->host_len, s->target, s->target_len);
+    if (r == NULL) {
         METRIC_INC(s->worker->metrics.no_route);
         stream_respond(s, 404, "no route for this host and path\n");
         return;
     }
     decide(s);
+    if (r->failover && !cluster_usable(s->cluster, NULL, health_now_ms())) {
+        int j = failover_split(s, health_now_ms());
+        if (j >= 0) {
+            s->split_index = j;
+            s->cluster = r->split[j].cluster;
+            s->reason = DECIDE_FAILOVER;
+        }
+    }
     bind_stats(s);
+    struct retry_budget *b = route_budget(s);
+    if (b) {
+        b->milli += r->retry.budget / 10;
+        if (b->milli > STREAM_RETRY_RESERVE * 1000)
+            b->milli = STREAM_RETRY_RESERVE * 1000;
+    }
+    /* Keep the request body for a replay (and the mirror) while it is
+     * small enough; a known larger length is not kept at all. */
+    if (s->has_body && !s->websocket) {
+        uint64_t limit = r->retry.attempts > 0 ? r->retry.max_body : 0;
+        if (r->mirror.cluster != NULL)
+            mirror_begin(s);
+        if (s->mirror && r->mirror.max_body > limit)
+            limit = r->mirror.max_body;
+        if (limit > 0 && (s->content_length < 0 || (uint64_t)s->content_length <= limit)) {
+            s->body_copy = evbuffer_new();
+            s->body_copy_limit = limit;
+        }
+        if (s->mirror) {
+            s->mirror_waiting = true;
+            if (s->body_copy == NULL || (s->content_length >= 0 && (uint64_t)s->content_length > r->mirror.max_body)) {
+                s->mirror_waiting = false;
+                mirror_drop(s, "request body larger than mirror.max_body");
+            }
+        }
+    } else if (r->mirror.cluster != NULL && !s->websocket) {
+        mirror_begin(s); /* no body: the copy starts now */
+    }
     s->body_buf = evbuffer_new();
     s->attempts = 1;
     s->t_up_start_us = co_now_us();
     upstream_start(s, false);
+}
+
+void stream_start_shadow(struct stream *s)
+{
+    s->shadow = true;
+    s->body_buf = evbuffer_new();
+    s->attempts = 1;
+    s->t_up_start_us = co_now_us();
+    upstream_start(s, false);
+}
+
+void stream_copy_buffer(struct evbuffer *dst, struct evbuffer *src)
+{
+    struct evbuffer_ptr pos;
+    evbuffer_ptr_set(src, &pos, 0, EVBUFFER_PTR_SET);
+    for (;;) {
+        struct evbuffer_iovec v[8];
+        int k = evbuffer_peek(src, -1, &pos, v, 8);
+        if (k <= 0)
+            return;
+        size_t moved = 0;
+        for (int i = 0; i < k; i++) {
+            evbuffer_add(dst, v[i].iov_base, v[i].iov_len);
+            moved += v[i].iov_len;
+        }
+        if (k < 8 || evbuffer_ptr_set(src, &pos, moved, EVBUFFER_PTR_ADD) < 0)
+            return;
+    }
+}
+
+/* Append the last n bytes of s->body_buf to the replay/mirror copy, or drop
+ * the copy once the body outgrew its bound. */
+static void keep_copy(struct stream *s, size_t n)
+{
+    if (s->bytes_in > s->body_copy_limit) {
+        evbuffer_free(s->body_copy);
+        s->body_copy = NULL;
+        if (s->mirror_waiting) {
+            s->mirror_waiting = false;
+            mirror_drop(s, "request body larger than mirror.max_body");
+        }
+        return;
+    }
+    size_t len = evbuffer_get_length(s->body_buf);
+    struct evbuffer_ptr pos;
+    evbuffer_ptr_set(s->body_buf, &pos, len - n, EVBUFFER_PTR_SET);
+    while (n > 0) {
+        struct evbuffer_iovec v[8];
+        int k = evbuffer_peek(s->body_buf, (ev_ssize_t)n, &pos, v, 8);
+        if (k <= 0)
+            break;
+        for (int i = 0; i < k && n > 0; i++) {
+            size_t take = v[i].iov_len < n ? v[i].iov_len : n;
+            evbuffer_add(s->body_copy, v[i].iov_base, take);
+            n -= take;
+            evbuffer_ptr_set(s->body_buf, &pos, take, EVBUFFER_PTR_ADD);
+        }
+    }
+}
+
+/* The request body is complete: hand the copy to the mirror. */
+static void body_complete(struct stream *s)
+{
+    if (!s->mirror_waiting)
+        return;
+    s->mirror_waiting = false;
+    if (s->body_copy != NULL && s->bytes_in <= s->route->mirror.max_body)
+        mirror_body_done(s);
+    else
+        mirror_drop(s, "request body larger than mirror.max_body");
 }
 
 static void pump_body(struct stream *s)
@@ -250,6 +451,8 @@ static void pump_body(struct stream *s)
         if (n > 0) {
             s->body_started = true;
             s->bytes_in += (uint64_t)n;
+            if (s->body_copy)
+                keep_copy(s, (size_t)n);
             if (max_body && s->bytes_in > max_body) {
                 struct upstream *up = s->up;
                 s->up = NULL;
@@ -266,6 +469,7 @@ static void pump_body(struct stream *s)
             upstream_send_body(s->up, s->body_buf, eof);
         if (eof) {
             s->body_done = true;
+            body_complete(s);
             return;
         }
         if (n == 0)
@@ -286,27 +490,102 @@ void stream_up_writable(struct stream *s)
 void stream_up_connected(struct stream *s)
 {
     s->up_ready = true;
-    if (s->expect_continue && s->has_body && !s->body_started)
+    if (s->expect_continue && s->has_body && !s->body_started && !s->continue_sent) {
+        s->continue_sent = true;
         s->ops->send_continue(s);
-    if (!s->has_body)
+    }
+    if (!s->has_body) {
         s->body_done = true;
+    } else if (s->attempts > 1 && (s->body_started || s->body_done)) {
+        /* A retry: replay what the client sent so far (stream_up_failed
+         * only retries when the copy holds all of it). */
+        if (s->body_copy)
+            stream_copy_buffer(s->body_buf, s->body_copy);
+        upstream_send_body(s->up, s->body_buf, s->body_done);
+        if (s->up == NULL || s->finished)
+            return;
+    }
     pump_body(s);
 }
 
-void stream_up_failed(struct stream *s, int status, const char *why, bool retryable)
+static bool idempotent(const struct stream *s)
+{
+    switch (s->method_len) {
+    case 3:
+        return memcmp(s->method, "GET", 3) == 0 || memcmp(s->method, "PUT", 3) == 0;
+    case 4:
+        return memcmp(s->method, "HEAD", 4) == 0;
+    case 6:
+        return memcmp(s->method, "DELETE", 6) == 0;
+    case 7:
+        return memcmp(s->method, "OPTIONS", 7) == 0;
+    default:
+        return false;
+    }
+}
+
+/* Why the failed attempt is not tried again, or NULL when it is (and then
+ * the retry has been paid from the route's budget). */
+static const char *no_retry(struct stream *s, enum up_fail kind)
+{
+    if (kind == UPF_FATAL || s->shadow)
+        return "not retryable";
+    if (s->resp_started || s->finished)
+        return "the response had started";
+    if (s->attempts > s->route->retry.attempts)
+        return s->route->retry.attempts ? "retries exhausted" : "retries are off for this route";
+    if (kind == UPF_MAYBE_SENT && !idempotent(s))
+        return "the upstream may have received it and the method is not idempotent";
+    if (s->body_started && (s->body_copy == NULL || s->bytes_in > s->route->retry.max_body))
+        return "the request body was not kept for a replay (larger than retry.max_body)";
+    struct retry_budget *b = route_budget(s);
+    if (b) {
+        if (b->milli < 1000) {
+            METRIC_INC(s->worker->metrics.retry_budget_exhausted);
+            return "retry budget exhausted";
+        }
+        b->milli -= 1000;
+    }
+    return NULL;
+}
+
+void stream_up_failed(struct stream *s, int status, const char *why, enum up_fail kind)
 {
     struct worker *w = s->worker;
     s->up = NULL;
     s->up_ready = false;
-    if (retryable && !s->body_started && !s->resp_started && s->attempts < 2) {
+    bool stale = s->up_stale;
+    s->up_stale = false;
+    const char *no = no_retry(s, kind);
+    if (no == NULL) {
         s->attempts++;
         stream_up_count(w, s, UPC_RETRY);
-        log_warn("request %s to cluster %s: %s; retrying on a new connection", s->request_id, s->cluster->name, why);
+        const char *where = "a new connection";
+        if (!stale) {
+            /* The endpoint failed: another one, or the other side. */
+            s->failed_ep = s->ep_state;
+            uint64_t now = health_now_ms();
+            if (s->route->failover && !cluster_usable(s->cluster, s->failed_ep, now)) {
+                int j = failover_split(s, now);
+                if (j >= 0) {
+                    switch_side(s, j);
+                    where = "the other side";
+                }
+            } else {
+                where = "another endpoint";
+            }
+        }
+        log_warn("request %s to cluster %s: %s; retrying (attempt %u) on %s", s->request_id, s->cluster->name, why, s->attempts,
+                 where);
         upstream_start(s, true);
         return;
     }
-    log_warn("request %s to cluster %s endpoint %s: %s; answering %d", s->request_id, s->cluster->name, s->endpoint, why,
-             s->resp_started ? 0 : status);
+    if (kind == UPF_FATAL || s->shadow)
+        log_warn("request %s to cluster %s endpoint %s: %s; answering %d", s->request_id, s->cluster->name, s->endpoint, why,
+                 s->resp_started ? 0 : status);
+    else
+        log_warn("request %s to cluster %s endpoint %s: %s; answering %d (not retried: %s)", s->request_id, s->cluster->name,
+                 s->endpoint, why, s->resp_started ? 0 : status, no);
     s->t_up_end_us = co_now_us();
     if (!s->resp_started)
         stream_respond(s, status, status == 504 ? "upstream timed out\n" : "upstream unavailable\n");
@@ -334,6 +613,8 @@ void stream_up_head(struct stream *s, int status, const struct h1_header *fields
     s->t_up_end_us = co_now_us();
     s->status = status;
     s->resp_started = true;
+    if (s->ep_state && !s->tunnel)
+        health_report(s->ep_state, &s->cluster->eject, status >= 500 ? HEV_5XX : HEV_RESPONSE);
     s->ops->send_head(s, status, out, k, content_length);
 }
 
@@ -536,7 +817,15 @@ void stream_free(struct stream *s)
         s->up = NULL;
         upstream_release(up, false);
     }
-    if (s->method) {
+    if (s->mirror_waiting) {
+        s->mirror_waiting = false;
+        mirror_drop(s, "the request ended before its body was complete");
+    }
+    if (s->mirror)
+        mirror_primary_done(s);
+    if (s->method && !s->shadow) {
+        if (s->route)
+            METRIC_INC(w->metrics.reason[s->reason]);
         if (s->rstats)
             stats_record(s->rstats, (int)s->reason, s->resp_done ? s->status / 100 : 0, co_now_us() - s->t_start_us);
         METRIC_INC(w->metrics.requests);
@@ -545,6 +834,8 @@ void stream_free(struct stream *s)
     }
     if (s->body_buf)
         evbuffer_free(s->body_buf);
+    if (s->body_copy)
+        evbuffer_free(s->body_copy);
     config_unref(s->cfg);
     free(s->head);
     free(s->fields);

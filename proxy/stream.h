@@ -104,6 +104,19 @@ struct stream {
     uint64_t bytes_out; /* response body bytes */
     unsigned attempts;
     struct evbuffer *body_buf; /* scratch for request-body moves */
+    struct ep_state *ep_state;  /* endpoint of the current attempt (health.h) */
+    struct ep_state *failed_ep; /* endpoint of the last failed attempt: a retry avoids it */
+    bool up_stale;              /* the failure was a reused idle connection closed under us (pool race) */
+    bool continue_sent;         /* "100 Continue" went to the client */
+
+    /* Replay and mirroring: every request-body byte taken from the client is
+     * also appended to body_copy while bytes_in <= body_copy_limit; past the
+     * bound the copy is dropped (no replay, no mirror). NULL = no copy. */
+    struct evbuffer *body_copy;
+    uint64_t body_copy_limit;
+    bool shadow;                /* a mirror copy (mirror.c): no client, no metrics, no access log */
+    struct mirror_pair *mirror; /* set by mirror_begin() on a sampled request */
+    bool mirror_waiting;        /* the mirror waits for the whole body (mirror_body_done / mirror_drop pending) */
 
     /* Response. */
     int status;
@@ -115,6 +128,18 @@ struct stream {
     uint64_t t_up_start_us;
     uint64_t t_up_end_us;
 };
+
+/* Retry budget of one route on one worker, in thousandths of a retry:
+ * every request adds retry.budget / 10, a retry takes 1000; it starts full
+ * and holds at most STREAM_RETRY_RESERVE retries. */
+struct retry_budget {
+    int64_t milli;
+};
+#define STREAM_RETRY_RESERVE 10
+
+/* (Re)build w's per-route state for cfg (the smooth-WRR state, retry
+ * budgets, ramp versions seen). Worker thread; at start and on a swap. */
+void stream_worker_routes(struct worker *w, const struct config *cfg);
 
 /* Allocate a stream for `down` on worker w with the worker's current config. */
 struct stream *stream_new(struct worker *w, const struct stream_down_ops *ops, void *down);
@@ -133,6 +158,13 @@ void stream_on_down_writable(struct stream *s);
 
 /* The client went away: cancel upstream work now. ops->done() is not called. */
 void stream_abort(struct stream *s);
+
+/* Start a mirror copy: s->route, s->cluster, the request head and (for a
+ * body) the downstream ops are filled in by mirror.c. No retries. */
+void stream_start_shadow(struct stream *s);
+
+/* Append a copy of all of src to dst (src unchanged). */
+void stream_copy_buffer(struct evbuffer *dst, struct evbuffer *src);
 
 /* Answer with a locally generated response (error pages, 404). */
 void stream_respond(struct stream *s, int status, const char *body);
@@ -154,6 +186,15 @@ void stream_take_request_id(struct stream *s, const char *rid, size_t len);
  * "1.0 cutover", "1.1 cutover" or "2 cutover". */
 const char *stream_via(const struct stream *s);
 
+/* Whether the failed attempt may be tried again (stream_up_failed). */
+enum up_fail {
+    UPF_FATAL,      /* never (timeouts, malformed responses, response already relayed) */
+    UPF_UNSENT,     /* nothing reached the upstream: connect/TLS failure, REFUSED_STREAM,
+                       GOAWAY below the stream id, a stream never submitted - safe for any method */
+    UPF_MAYBE_SENT, /* the request may have reached the upstream, no response byte was relayed:
+                       safe only for idempotent methods with a replayable body */
+};
+
 enum up_counter {
     UPC_CONNECT_ERROR,
     UPC_TIMEOUT,
@@ -166,7 +207,7 @@ void stream_up_count(struct worker *w, struct stream *s, enum up_counter which);
 
 /* Callbacks from the upstream connection (upstream_h1.c). */
 void stream_up_connected(struct stream *s);
-void stream_up_failed(struct stream *s, int status, const char *why, bool retryable);
+void stream_up_failed(struct stream *s, int status, const char *why, enum up_fail kind);
 void stream_up_head(struct stream *s, int status, const struct h1_header *fields, size_t n, int64_t content_length);
 /* Response payload in src; returns false if the downstream is full (stop reading). */
 bool stream_up_data(struct stream *s, struct evbuffer *src);

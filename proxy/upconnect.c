@@ -15,13 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../config/config.h"
 #include "../tls/tls.h"
 #include "common.h"
-#include "pool.h"
-#include "worker.h"
 
 struct upconnect {
-    struct worker *worker;
     struct bufferevent *bev;
     struct event *fail_ev; /* reports an immediate failure from the loop */
     upconnect_cb cb;
@@ -33,7 +31,7 @@ struct upconnect {
     uint64_t timeout_ms;
 };
 
-static void addr_text(const struct sockaddr *sa, char *out, size_t outlen)
+void upconnect_addr_text(const struct sockaddr *sa, char *out, size_t outlen)
 {
     char ip[INET6_ADDRSTRLEN] = "?";
     if (sa->sa_family == AF_INET) {
@@ -109,17 +107,15 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     finish(u, NULL, "");
 }
 
-struct upconnect *upconnect_start(struct worker *w, struct ep_pool *ep, const struct endpoint_conf *e,
-                                  const struct cluster_conf *cl, const char *alpn, upconnect_cb cb, void *arg)
+struct upconnect *upconnect_start(struct event_base *base, const struct sockaddr *sa, socklen_t sa_len,
+                                  const struct endpoint_conf *e, const struct cluster_conf *cl, const char *alpn,
+                                  upconnect_cb cb, void *arg)
 {
     struct upconnect *u = co_calloc(1, sizeof(*u));
-    u->worker = w;
     u->cb = cb;
     u->arg = arg;
     u->timeout_ms = cl->connect_timeout_ms;
-    size_t ai = ep->addr_rr++ % e->n_addrs;
-    const struct sockaddr *sa = (const struct sockaddr *)&e->addrs[ai];
-    addr_text(sa, u->addr, sizeof(u->addr));
+    upconnect_addr_text(sa, u->addr, sizeof(u->addr));
 
     if (cl->tls.enabled) {
         /* SNI and the name checked: tls.sni, else the cluster's Host, else the
@@ -129,26 +125,26 @@ struct upconnect *upconnect_start(struct worker *w, struct ep_pool *ep, const st
         if (ssl == NULL) {
             u->status = 502;
             snprintf(u->why, sizeof(u->why), "cannot set up TLS to %s (name %s)", u->addr, name);
-            u->fail_ev = event_new(w->base, -1, 0, on_fail_ev, u);
+            u->fail_ev = event_new(base, -1, 0, on_fail_ev, u);
             event_active(u->fail_ev, EV_TIMEOUT, 1);
             return u;
         }
         u->tls = true;
-        u->bev = bufferevent_openssl_socket_new(w->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+        u->bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
                                                 BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
         /* A close_notify-less close must stay an error upstream: it could hide
          * a truncated close-delimited response. */
     } else {
-        u->bev = bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        u->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     }
     struct timeval tv = {(time_t)(u->timeout_ms / 1000), (suseconds_t)((u->timeout_ms % 1000) * 1000)};
     bufferevent_set_timeouts(u->bev, &tv, &tv);
     bufferevent_setcb(u->bev, NULL, NULL, on_event, u);
-    if (bufferevent_socket_connect(u->bev, sa, e->addr_lens[ai]) < 0) {
+    if (bufferevent_socket_connect(u->bev, sa, (int)sa_len) < 0) {
         int err = errno;
         u->status = 503;
         snprintf(u->why, sizeof(u->why), "connect(%s) for endpoint %s failed: %s", u->addr, e->name, strerror(err));
-        u->fail_ev = event_new(w->base, -1, 0, on_fail_ev, u);
+        u->fail_ev = event_new(base, -1, 0, on_fail_ev, u);
         event_active(u->fail_ev, EV_TIMEOUT, 1);
     }
     return u;

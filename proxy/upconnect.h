@@ -8,9 +8,10 @@
 #define CUTOVER_UPCONNECT_H
 
 #include <stdbool.h>
+#include <sys/socket.h>
 
-struct worker;
-struct ep_pool;
+struct event_base;
+struct sockaddr;
 struct endpoint_conf;
 struct cluster_conf;
 struct bufferevent;
@@ -28,16 +29,20 @@ struct upconnect;
 typedef void (*upconnect_cb)(void *arg, struct bufferevent *bev, const char *alpn, const char *addr, int status, const char *why);
 
 /*
- * Start connecting to the next address of endpoint e (round robin in ep) for
- * cluster cl. `alpn`: NULL for cleartext, else the ALPN offer ("h2",
+ * Start connecting to address sa (one of endpoint e's) for cluster cl on
+ * `base` (a worker's, or the main thread's for health probes). `alpn`: NULL for cleartext, else the ALPN offer ("h2",
  * "http/1.1" or "h2,http/1.1"; ignored when the cluster has no TLS).
  * Never calls cb before returning (failures are reported from the event
  * loop), so the caller can finish its own bookkeeping first.
  */
-struct upconnect *upconnect_start(struct worker *w, struct ep_pool *ep, const struct endpoint_conf *e,
-                                  const struct cluster_conf *cl, const char *alpn, upconnect_cb cb, void *arg);
+struct upconnect *upconnect_start(struct event_base *base, const struct sockaddr *sa, socklen_t sa_len,
+                                  const struct endpoint_conf *e, const struct cluster_conf *cl, const char *alpn,
+                                  upconnect_cb cb, void *arg);
 
 /* Abandon a connection attempt (the caller's owner went away); cb is not called. */
 void upconnect_cancel(struct upconnect *u);
+
+/* "1.2.3.4:80" / "[::1]:80" (at most 64 bytes with the NUL). */
+void upconnect_addr_text(const struct sockaddr *sa, char *out, size_t outlen);
 
 #endif

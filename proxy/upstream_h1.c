@@ -20,6 +20,7 @@
 
 #include "common.h"
 #include "outbuf.h"
+#include "health.h"
 #include "pool.h"
 #include "stream.h"
 #include "worker.h"
@@ -178,7 +179,16 @@ static void begin(struct upconn *c)
 void upstream_start(struct stream *s, bool fresh)
 {
     const struct endpoint_conf *e;
-    struct ep_pool *ep = pool_pick(s->worker->pool, s->cluster, &e);
+    struct ep_pool *ep = pool_pick(s->worker->pool, s->cluster, s->failed_ep, &e);
+    if (ep == NULL) {
+        char why[200];
+        snprintf(why, sizeof(why), "no endpoint of cluster %s has an address (DNS has not answered)", s->cluster->name);
+        s->ep_state = NULL;
+        co_strlcpy(s->endpoint, "-", sizeof(s->endpoint));
+        stream_up_failed(s, 503, why, UPF_FATAL); /* failover was considered before */
+        return;
+    }
+    s->ep_state = ep->st;
     /* HTTP/2 when configured, or when ALPN already told us this endpoint
      * speaks it (protocol: auto over TLS). */
 #ifdef CUTOVER_H2_UPSTREAM
@@ -193,7 +203,7 @@ void upstream_start(struct stream *s, bool fresh)
 
 /* The connection is up (TLS handshaken): HTTP/1.1 on it, or hand it to
  * HTTP/2 when ALPN chose h2. */
-static void fail(struct upconn *c, int status, const char *why, bool retryable);
+static void fail(struct upconn *c, int status, const char *why, enum up_fail kind);
 
 static void on_connected(void *arg, struct bufferevent *bev, const char *alpn, const char *addr, int status, const char *why)
 {
@@ -205,9 +215,12 @@ static void on_connected(void *arg, struct bufferevent *bev, const char *alpn, c
         co_strlcpy(s->endpoint, addr, sizeof(s->endpoint));
     if (bev == NULL) {
         stream_up_count(c->worker, c->stream, UPC_CONNECT_ERROR);
-        fail(c, status, why, false);
+        health_report(c->ep->st, &c->ep->eject, HEV_CONNECT_FAILED);
+        fail(c, status, why, UPF_UNSENT);
         return;
     }
+    health_report(c->ep->st, &c->ep->eject, HEV_CONNECTED);
+    c->born_ms = health_now_ms();
 #ifdef CUTOVER_H2_UPSTREAM
     if (strcmp(alpn, "h2") == 0 && s) {
         struct ep_pool *ep = c->ep;
@@ -247,7 +260,16 @@ void upconn_start(struct stream *s, struct ep_pool *ep, const struct endpoint_co
     attach(c, s);
     c->state = UP_CONNECTING;
     const char *alpn = s->cluster->protocol == CLUSTER_PROTO_AUTO ? "h2,http/1.1" : "http/1.1";
-    c->connecting = upconnect_start(w, ep, e, s->cluster, alpn, on_connected, c);
+    const struct sockaddr *sa;
+    socklen_t sa_len;
+    if (!pool_next_addr(ep, &sa, &sa_len)) {
+        /* pool_pick only returns endpoints with addresses; a DNS update
+         * may race it. */
+        c->connecting = NULL;
+        fail(c, 503, "endpoint has no address", UPF_UNSENT);
+        return;
+    }
+    c->connecting = upconnect_start(w->base, sa, sa_len, e, s->cluster, alpn, on_connected, c);
 }
 
 static size_t up_pending(struct upstream *u)
@@ -281,14 +303,14 @@ static void up_send_body(struct upstream *u, struct evbuffer *buf, bool eof)
 }
 
 /* Detach from the stream and report a failure to it. */
-static void fail(struct upconn *c, int status, const char *why, bool retryable)
+static void fail(struct upconn *c, int status, const char *why, enum up_fail kind)
 {
     struct stream *s = c->stream;
     c->stream = NULL;
     upconn_free(c);
     if (s) {
         s->up = NULL;
-        stream_up_failed(s, status, why, retryable);
+        stream_up_failed(s, status, why, kind);
     }
 }
 
@@ -340,7 +362,7 @@ static void pump(struct upconn *c)
                 snprintf(why, sizeof(why), "malformed chunked response body from %s: %s", c->addr,
                          c->chunked.error ? c->chunked.error : "?");
                 stream_up_count(c->worker, c->stream, UPC_BAD_RESPONSE);
-                fail(c, 502, why, false);
+                fail(c, 502, why, UPF_FATAL);
                 return;
             }
             if (dlen) {
@@ -404,7 +426,7 @@ static int parse_head(struct upconn *c)
         if (r == H1_INCOMPLETE) {
             if (avail >= UP_MAX_HEAD) {
                 stream_up_count(c->worker, c->stream, UPC_BAD_RESPONSE);
-                fail(c, 502, "response head from upstream too large", false);
+                fail(c, 502, "response head from upstream too large", UPF_FATAL);
                 return CO_ERROR;
             }
             return CO_AGAIN;
@@ -413,7 +435,7 @@ static int parse_head(struct upconn *c)
             char why[200];
             snprintf(why, sizeof(why), "malformed response from %s: %s", c->addr, resp.msg.error ? resp.msg.error : "bad head");
             stream_up_count(c->worker, c->stream, UPC_BAD_RESPONSE);
-            fail(c, 502, why, false);
+            fail(c, 502, why, UPF_FATAL);
             return CO_ERROR;
         }
         if (resp.status < 200) {
@@ -441,7 +463,7 @@ static int parse_head(struct upconn *c)
             }
             if (resp.status == 101) {
                 stream_up_count(c->worker, c->stream, UPC_BAD_RESPONSE);
-                fail(c, 502, "upstream switched protocols without being asked", false);
+                fail(c, 502, "upstream switched protocols without being asked", UPF_FATAL);
                 return CO_ERROR;
             }
             evbuffer_drain(in, (size_t)r);
@@ -467,7 +489,7 @@ static int parse_head(struct upconn *c)
             snprintf(why, sizeof(why), "response from %s has %zu bytes beyond its framing (status %d)", c->addr,
                      c->body_kind == H1_BODY_NONE ? after : after - (size_t)c->remaining, resp.status);
             stream_up_count(c->worker, s, UPC_BAD_RESPONSE);
-            fail(c, 502, why, false);
+            fail(c, 502, why, UPF_FATAL);
             return CO_ERROR;
         }
         /* Filter in place: fields are end-to-end only. */
@@ -536,13 +558,14 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
                      (unsigned long long)s->cluster->connect_timeout_ms);
         else
             snprintf(why, sizeof(why), "connect(%s) failed: %s", c->addr, evutil_socket_error_to_string(err));
-        fail(c, 503, why, false);
+        health_report(c->ep->st, &c->ep->eject, HEV_CONNECT_FAILED);
+        fail(c, 503, why, UPF_UNSENT);
         return;
     }
     if (what & BEV_EVENT_TIMEOUT) {
         stream_up_count(c->worker, c->stream, UPC_TIMEOUT);
         snprintf(why, sizeof(why), "%s from %s timed out", c->head_done ? "response body" : "response head", c->addr);
-        fail(c, 504, why, false);
+        fail(c, 504, why, UPF_FATAL);
         return;
     }
     if ((what & BEV_EVENT_EOF) && c->head_done && c->body_kind == H1_BODY_CLOSE) {
@@ -556,12 +579,14 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         end_response(c);
         return;
     }
-    /* EOF or error before the response was complete. A reused keep-alive
-     * connection that the upstream closed before answering anything is the
-     * classic pool race: retry once on a fresh connection when no body byte
-     * was taken from the client. */
+    /* EOF or error before the response was complete. Before the response
+     * head nothing reached the client: the stream may replay an idempotent
+     * request. A reused keep-alive connection that the upstream closed
+     * before answering anything is the classic pool race: the endpoint is
+     * fine, so the replay may go back to it. */
     bool nothing = !c->head_done && evbuffer_get_length(bufferevent_get_input(bev)) == 0;
-    bool retry = c->reused && nothing;
+    enum up_fail retry = c->head_done ? UPF_FATAL : UPF_MAYBE_SENT;
+    s->up_stale = c->reused && nothing;
     snprintf(why, sizeof(why), "upstream %s %s %s", c->addr, (what & BEV_EVENT_EOF) ? "closed the connection" : "connection error",
              c->head_done ? "in the response body" : "before a complete response head");
     if (!c->head_done)

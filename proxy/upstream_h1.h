@@ -47,6 +47,7 @@ struct upconn {
     struct h1_chunked chunked;
     struct evbuffer *tmp; /* payload handed to the stream */
     char addr[64];        /* "ip:port" connected to */
+    uint64_t born_ms;     /* health_now_ms() when it connected (max_connection_age) */
     unsigned exchanges;
 };
 

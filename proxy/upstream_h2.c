@@ -142,6 +142,7 @@ struct h2session {
     bool closing;            /* GOAWAY sent because idle: free once written */
     bool dead;               /* connection gone: free once the streams are done */
     char addr[64];           /* "ip:port", "" while connecting */
+    uint64_t born_ms;        /* health_now_ms() at creation (max_connection_age) */
 };
 
 static void on_read(struct bufferevent *bev, void *arg);
@@ -279,14 +280,14 @@ static void detach(struct h2ustream *st)
 }
 
 /* Detach st from its stream and report a failure to the stream. */
-static void fail(struct h2ustream *st, int status, const char *why, bool retryable)
+static void fail(struct h2ustream *st, int status, const char *why, enum up_fail kind)
 {
     struct stream *s = st->s;
     if (s == NULL)
         return;
     detach(st);
     s->up = NULL;
-    stream_up_failed(s, status, why, retryable);
+    stream_up_failed(s, status, why, kind);
 }
 
 /* ---- request ---- */
@@ -521,7 +522,7 @@ static void fail_closed(struct h2session *sess, struct h2ustream *st)
 {
     char why[240];
     struct stream *s = st->s;
-    bool retry = false;
+    enum up_fail retry = UPF_FATAL;
     if (st->head_sent) {
         snprintf(why, sizeof(why), "upstream %s reset the stream in the response body (%s)", sess->addr,
                  nghttp2_http2_strerror(st->close_code));
@@ -532,13 +533,14 @@ static void fail_closed(struct h2session *sess, struct h2ustream *st)
     } else if (st->not_sent_error && st->not_sent_error != NGHTTP2_ERR_START_STREAM_NOT_ALLOWED) {
         snprintf(why, sizeof(why), "request to %s could not be sent: %s", sess->addr, nghttp2_strerror(st->not_sent_error));
     } else if (st->close_code == NGHTTP2_REFUSED_STREAM) {
-        retry = true;
+        retry = UPF_UNSENT; /* RFC 9113 §8.7: not processed */
         snprintf(why, sizeof(why), "upstream %s refused the stream (%s)", sess->addr,
                  st->sent ? "REFUSED_STREAM or beyond GOAWAY's last stream" : "GOAWAY before it was sent");
     } else {
         stream_up_count(sess->worker, s, UPC_BAD_RESPONSE);
         snprintf(why, sizeof(why), "upstream %s reset the stream before the response head (%s)", sess->addr,
                  nghttp2_http2_strerror(st->close_code));
+        retry = UPF_MAYBE_SENT;
     }
     fail(st, 502, why, retry);
 }
@@ -557,7 +559,7 @@ static void process(struct h2session *sess, struct h2ustream *st)
         if (submit(sess, st, &err) != CO_OK) {
             snprintf(why, sizeof(why), "cannot start an HTTP/2 stream to %s: %s", sess->addr, err);
             sess->draining = true;
-            fail(st, 502, why, true);
+            fail(st, 502, why, UPF_UNSENT);
             goto out;
         }
         stream_up_connected(st->s); /* may send body, or release st */
@@ -568,7 +570,7 @@ static void process(struct h2session *sess, struct h2ustream *st)
         stream_up_count(sess->worker, st->s, UPC_TIMEOUT);
         snprintf(why, sizeof(why), "%s from %s timed out after %llu ms", st->head_sent ? "response body" : "response head",
                  sess->addr, (unsigned long long)st->timeout_ms);
-        fail(st, 504, why, false);
+        fail(st, 504, why, UPF_FATAL);
         goto out;
     }
     if (st->closed && !st->resp_eof) {
@@ -853,6 +855,7 @@ static struct h2session *session_new(struct worker *w, struct ep_pool *ep, const
     sess->ep = ep;
     sess->tls = cl->tls.enabled;
     sess->auto_proto = cl->protocol == CLUSTER_PROTO_AUTO;
+    sess->born_ms = health_now_ms();
     TAILQ_INIT(&sess->streams);
     sess->post = event_new(w->base, -1, 0, on_post, sess);
     sess->idle_timer = evtimer_new(w->base, on_idle, sess);
@@ -952,13 +955,14 @@ static void session_lost(struct h2session *sess, int status, const char *what, e
             mark(st); /* complete: deliver what is buffered */
             continue;
         }
-        bool retry = kind == LOST_RETRY;
+        enum up_fail retry = UPF_UNSENT; /* LOST_CONNECT, LOST_RETRY: nothing was sent */
         const char *where = "";
         if (kind == LOST_MIDWAY) {
-            /* Never reached the upstream, or went to a session that had been
-             * idle and got no answer at all: the pool race upstream_h1.c
-             * retries too. */
-            retry = !st->head_ready && (!st->sent || (st->reused_idle && !st->got_frame));
+            /* Before the response head nothing reached the client: unsent, or
+             * replayable when idempotent. A session that had been idle and
+             * got no answer at all is the pool race upstream_h1.c knows. */
+            retry = st->head_ready ? UPF_FATAL : !st->sent ? UPF_UNSENT : UPF_MAYBE_SENT;
+            st->s->up_stale = !st->head_ready && st->sent && st->reused_idle && !st->got_frame;
             where = st->head_ready ? " in the response body" : " before the response head";
             if (!st->head_ready)
                 stream_up_count(sess->worker, st->s, UPC_BAD_RESPONSE);
@@ -1146,6 +1150,7 @@ static void on_connected(void *arg, struct bufferevent *bev, const char *alpn, c
     if (bev == NULL) {
         st = TAILQ_FIRST(&sess->streams);
         stream_up_count(sess->worker, st ? st->s : NULL, UPC_CONNECT_ERROR);
+        health_report(sess->ep->st, &sess->ep->eject, HEV_CONNECT_FAILED);
         session_lost(sess, status, why, LOST_CONNECT);
         settle(sess);
         return;
@@ -1167,6 +1172,7 @@ static void on_connected(void *arg, struct bufferevent *bev, const char *alpn, c
         settle(sess);
         return;
     }
+    health_report(sess->ep->st, &sess->ep->eject, HEV_CONNECTED);
     session_begin(sess, bev);
     on_read(bev, sess); /* the server's SETTINGS may already be here */
 }
@@ -1183,7 +1189,7 @@ static bool refuse_websocket(struct stream *s)
     snprintf(why, sizeof(why), "WebSocket upgrade requested but cluster %s speaks HTTP/2 upstream (RFC 8441 not supported)",
              s->cluster->name);
     s->up = NULL;
-    stream_up_failed(s, 502, why, false);
+    stream_up_failed(s, 502, why, UPF_FATAL);
     return true;
 }
 
@@ -1198,6 +1204,12 @@ static struct h2session *pick(struct ep_pool *ep, const struct cluster_conf *cl,
         /* A retry goes to a connection that has carried nothing yet. */
         if (fresh && sess->exchanges > 0)
             continue;
+        /* Too old, or DNS no longer lists its address: no new streams; it
+         * closes when its streams are done (settle). */
+        if (!pool_young(ep, sess->born_ms) || (sess->addr[0] && !pool_addr_current(ep, sess->addr))) {
+            sess->draining = true;
+            continue;
+        }
         if (!nghttp2_session_check_request_allowed(sess->ngh)) {
             sess->draining = true; /* stream ids exhausted */
             continue;
@@ -1224,7 +1236,17 @@ void upstream_h2_start(struct stream *s, struct ep_pool *ep, const struct endpoi
         if (cl->tls.enabled)
             alpn = sess->auto_proto ? "h2,http/1.1" : "h2";
         /* Cleartext: prior knowledge (RFC 9113 §3.3), the preface goes first. */
-        sess->connecting = upconnect_start(w, ep, e, cl, alpn, on_connected, sess);
+        const struct sockaddr *sa;
+        socklen_t sa_len;
+        if (pool_next_addr(ep, &sa, &sa_len)) {
+            sess->connecting = upconnect_start(w->base, sa, sa_len, e, cl, alpn, on_connected, sess);
+        } else {
+            struct h2ustream *st = h2ustream_new(sess, s);
+            (void)st;
+            session_lost(sess, 503, "endpoint has no address", LOST_CONNECT);
+            settle(sess);
+            return;
+        }
     }
     struct h2ustream *st = h2ustream_new(sess, s);
     evtimer_del(sess->idle_timer);
@@ -1269,6 +1291,26 @@ void upstream_h2_close_idle(struct ep_pool *ep)
             nghttp2_session_terminate_session(sess->ngh, NGHTTP2_NO_ERROR);
         }
         schedule(sess); /* GOAWAY written, then freed (settle) */
+    }
+}
+
+void upstream_h2_retire_gone(struct ep_pool *ep)
+{
+    struct h2session *sess, *next;
+    for (sess = LIST_FIRST(&ep->h2_sessions); sess; sess = next) {
+        next = LIST_NEXT(sess, link);
+        if (sess->addr[0] == '\0' || pool_addr_current(ep, sess->addr))
+            continue;
+        sess->draining = true;
+        if (sess->n_streams > 0 || sess->busy > 0 || sess->closing)
+            continue; /* settle() closes it after its streams */
+        if (sess->bev == NULL || sess->ngh == NULL) {
+            session_free(sess);
+            continue;
+        }
+        sess->closing = true;
+        nghttp2_session_terminate_session(sess->ngh, NGHTTP2_NO_ERROR);
+        schedule(sess);
     }
 }
 

@@ -42,6 +42,10 @@ void upstream_h2_adopt(struct stream *s, struct ep_pool *ep, struct bufferevent 
  * then if ep is retired. */
 void upstream_h2_close_idle(struct ep_pool *ep);
 
+/* ep's addresses changed (DNS): sessions to addresses that left take no
+ * new streams and close once idle. */
+void upstream_h2_retire_gone(struct ep_pool *ep);
+
 /* Free every session of ep now (worker exit, from pool_free). Streams still
  * attached (a drain that timed out) keep their per-stream object, detached
  * from the session; releasing it later frees it. */

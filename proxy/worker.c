@@ -26,8 +26,10 @@
 #include "common.h"
 #include "conn_h1.h"
 #include "conn_h2.h"
+#include "mirror.h"
 #include "../tls/tls.h"
 #include "pool.h"
+#include "stream.h"
 
 /* How long accepting pauses after EMFILE/ENFILE before trying again. */
 #define ACCEPT_PAUSE_MS 100
@@ -326,11 +328,7 @@ static void on_swap(evutil_socket_t fd, short what, void *arg)
     pthread_mutex_unlock(&w->swap_lock);
     if (cfg == NULL)
         return;
-    struct decide_wrr *wrr = co_calloc(cfg->n_routes, sizeof(*wrr));
-    for (size_t i = 0; i < cfg->n_routes; i++)
-        decide_wrr_init(&wrr[i], &cfg->routes[i]);
-    free(w->wrr);
-    w->wrr = wrr;
+    stream_worker_routes(w, cfg);
     pool_update(w->pool, cfg);
     index_stats(w, cfg);
     /* Listeners: those whose address stayed keep their socket (no refused
@@ -450,9 +448,7 @@ struct worker *worker_new(unsigned id, struct config *cfg)
         w->rng[0] = co_now_us() ^ ((uint64_t)id << 32);
         w->rng[1] = 0x9e3779b97f4a7c15ull;
     }
-    w->wrr = co_calloc(cfg->n_routes, sizeof(*w->wrr));
-    for (size_t i = 0; i < cfg->n_routes; i++)
-        decide_wrr_init(&w->wrr[i], &cfg->routes[i]);
+    stream_worker_routes(w, cfg);
     w->pool = pool_new(w, cfg);
     w->stats = stats_table_new();
     index_stats(w, cfg);
@@ -486,6 +482,7 @@ static void *run(void *arg)
      * logged and nothing is left half-owned at exit. */
     while (w->conns.next != &w->conns)
         w->conns.next->kill(w->conns.next);
+    mirror_worker_free(w); /* shadow copies still in flight */
     atomic_store(&w->exited, true);
     return NULL;
 }
@@ -526,6 +523,8 @@ void worker_join_free(struct worker *w)
     if (w->pool)
         pool_free(w->pool);
     free(w->wrr);
+    free(w->budgets);
+    free(w->ramp_seen);
     free(w->rs_index);
     free(w->cs_index);
     if (w->stats)

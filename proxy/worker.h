@@ -64,6 +64,10 @@ struct worker {
     int draining;                    /* stop accepting; exit when n_conns == 0 */
     atomic_bool exited;              /* the loop has returned (read by the main thread) */
     uint64_t rng[2];                 /* xorshift128+ state for request ids and cookies */
+    void *mirror;                    /* mirror.c's per-worker state (shadow exchanges in flight) */
+    unsigned n_shadows;              /* shadow exchanges in flight */
+    struct retry_budget *budgets;    /* per route index of cfg (stream.c) */
+    uint32_t *ramp_seen;             /* per route index of cfg: ramp_state.version the WRR was set up for */
 };
 
 /* Create worker `id` for cfg: event_base, listeners bound (SO_REUSEPORT).

@@ -217,11 +217,11 @@ def _check_sanitizer_clean(name, text):
 class Mock:
     """A mock-upstream process on 127.0.0.1:<port chosen by the kernel>."""
 
-    def __init__(self, workdir, name, record=False):
+    def __init__(self, workdir, name, record=False, listen="127.0.0.1:0", extra_args=()):
         self.name = name
         self.record_path = os.path.join(workdir, f"record-{name}-{id(self)}.jsonl") if record else None
         self.stderr_path = os.path.join(workdir, f"mock-{name}-{id(self)}.stderr")
-        args = [MOCK_BIN, "--listen", "127.0.0.1:0", "--name", name]
+        args = [MOCK_BIN, "--listen", listen, "--name", name, *extra_args]
         if self.record_path:
             open(self.record_path, "w").close()
             args += ["--record", self.record_path]
@@ -696,8 +696,9 @@ def procs(workdir):
         def __init__(self):
             self.items = []
 
-        def mock(self, name, record=False):
-            m = Mock(workdir, name, record=record)
+        def mock(self, name, record=False, listen="127.0.0.1:0", extra_args=()):
+            """listen: a fixed "127.0.0.1:PORT" restarts a stopped mock on its old port."""
+            m = Mock(workdir, name, record=record, listen=listen, extra_args=extra_args)
             self.items.append(m)
             return m
 

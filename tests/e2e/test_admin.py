@@ -433,9 +433,13 @@ def test_status_json(setup):
     assert routes["weight"]["sticky"] == "none" and routes["weight"]["override"] is False
     clusters = {c["name"]: c for c in st["clusters"]}
     assert list(clusters) == ["aws", "azure", "dead", "slow"]
-    assert clusters["aws"]["endpoints"] == [{"name": setup.aws.addr, "addresses": 1}]
-    assert clusters["azure"]["endpoints"] == [{"name": setup.azure.addr, "addresses": 1}]
-    assert clusters["dead"]["endpoints"] == [{"name": f"127.0.0.1:{setup.dead_port}", "addresses": 1}]
+    assert clusters["aws"]["endpoints"] == [{"name": setup.aws.addr, "usable": True}]
+    assert clusters["azure"]["endpoints"] == [{"name": setup.azure.addr, "usable": True}]
+    dead = clusters["dead"]["endpoints"]
+    assert [e["name"] for e in dead] == [f"127.0.0.1:{setup.dead_port}"] and isinstance(dead[0]["usable"], bool)
+    assert routes["weight"]["failover"] is True and routes["weight"]["retry"] == {"attempts": 1, "budget": 0.2}
+    assert routes["weight"]["mirror"] is None and routes["weight"]["ramp"] is False
+    assert isinstance(st["endpoints"], list) and isinstance(st["ramps"], dict)
     assert st["requests"] >= 1
 
 

@@ -389,11 +389,11 @@ def ca(workdir):
     return {"ca": ca[0], "leaf": leaf}
 
 
-def h2_proxy(procs, addr, workers=1, **cluster_kw):
+def h2_proxy(procs, addr, workers=1, route_kw=None, **cluster_kw):
     """A proxy with one cluster `x` (protocol h2 unless given) on addr, one route."""
     cluster_kw.setdefault("protocol", "h2")
-    return procs.proxy(lambda port: render_config(port, [cluster("x", addr, **cluster_kw)], [route("all", [("x", 1)])],
-                                                  workers=workers))
+    return procs.proxy(lambda port: render_config(port, [cluster("x", addr, **cluster_kw)],
+                                                  [route("all", [("x", 1)], **(route_kw or {}))], workers=workers))
 
 
 def h2load(proxy, path, n, c, m, timeout=120):
@@ -600,7 +600,8 @@ def test_upstream_reset_mid_response_aborts_the_client(procs, scripted):
 
 def test_upstream_connection_lost_fails_the_streams_in_flight(procs, scripted):
     up = scripted()
-    proxy = h2_proxy(procs, up.addr)
+    # Without retries: a replayed GET would go out again (test_retry.py).
+    proxy = h2_proxy(procs, up.addr, route_kw={"retry": {"attempts": 0}})
     try:
         h = H2Conn(proxy.port)
         try:

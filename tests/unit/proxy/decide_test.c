@@ -910,6 +910,45 @@ static void test_cookie_carries_override_token(void **state)
     assert_int_equal(decide_check_override(&f.route, v, n), 1);
 }
 
+/* A ramp's share: exact over each cycle of CONFIG_BUCKETS picks, evenly
+ * spread, and the extremes never pick the empty side. */
+static void test_weight_share_exact(void **state)
+{
+    (void)state;
+    static const uint32_t shares[] = {0, 1, 500, 2500, 5000, 9999, 10000};
+    for (size_t k = 0; k < sizeof(shares) / sizeof(shares[0]); k++) {
+        struct decide_wrr w;
+        memset(&w, 0, sizeof(w));
+        unsigned first = 0, first_in_100 = 0;
+        for (unsigned i = 0; i < CONFIG_BUCKETS; i++) {
+            int idx = decide_weight_share(&w, shares[k]);
+            assert_true(idx == 0 || idx == 1);
+            first += idx == 0;
+            if (i < 100)
+                first_in_100 += idx == 0;
+        }
+        assert_int_equal(first, shares[k]);
+        /* Smooth: the first 100 picks already carry the share (+-1). */
+        assert_true(first_in_100 + 1 >= shares[k] / 100 && first_in_100 <= shares[k] / 100 + 1);
+    }
+}
+
+/* Changing the share mid-cycle keeps picking both sides sanely (the state
+ * is reset by the caller on a new ramp step, but must not break if not). */
+static void test_weight_share_resized_state(void **state)
+{
+    (void)state;
+    struct decide_wrr w;
+    memset(&w, 0, sizeof(w));
+    w.n = 3; /* sized for another split */
+    w.current[2] = 12345;
+    unsigned first = 0;
+    for (unsigned i = 0; i < CONFIG_BUCKETS; i++)
+        first += decide_weight_share(&w, 2000) == 0;
+    assert_int_equal(first, 2000);
+    assert_int_equal(w.n, 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -965,6 +1004,8 @@ int main(void)
         cmocka_unit_test(test_cookie_absent),
         cmocka_unit_test(test_cookie_length_honoured),
         cmocka_unit_test(test_cookie_carries_override_token),
+        cmocka_unit_test(test_weight_share_exact),
+        cmocka_unit_test(test_weight_share_resized_state),
     };
     return cmocka_run_group_tests_name("decide", tests, NULL, NULL);
 }
