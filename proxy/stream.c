@@ -528,15 +528,18 @@ static bool idempotent(const struct stream *s)
  * the retry has been paid from the route's budget). */
 static const char *no_retry(struct stream *s, enum up_fail kind)
 {
+    const struct retry_conf *rc = &s->route->retry;
     if (kind == UPF_FATAL || s->shadow)
         return "not retryable";
     if (s->resp_started || s->finished)
         return "the response had started";
-    if (s->attempts > s->route->retry.attempts)
-        return s->route->retry.attempts ? "retries exhausted" : "retries are off for this route";
+    if (rc->attempts == 0)
+        return "retries are off for this route";
+    if (s->attempts > rc->attempts)
+        return "retries exhausted";
     if (kind == UPF_MAYBE_SENT && !idempotent(s))
         return "the upstream may have received it and the method is not idempotent";
-    if (s->body_started && (s->body_copy == NULL || s->bytes_in > s->route->retry.max_body))
+    if (s->body_started && (s->body_copy == NULL || s->bytes_in > rc->max_body))
         return "the request body was not kept for a replay (larger than retry.max_body)";
     struct retry_budget *b = route_budget(s);
     if (b) {
@@ -554,29 +557,31 @@ void stream_up_failed(struct stream *s, int status, const char *why, enum up_fai
     struct worker *w = s->worker;
     s->up = NULL;
     s->up_ready = false;
-    bool stale = s->up_stale;
-    s->up_stale = false;
     const char *no = no_retry(s, kind);
     if (no == NULL) {
+        /* On another usable endpoint, else the other side, else the same
+         * endpoint on a new connection. Even a reused keep-alive connection
+         * the upstream closed (the pool race) moves on: the same endpoint
+         * may as well be going down. */
+        const char *from = s->cluster->name;
+        const char *where;
         s->attempts++;
         stream_up_count(w, s, UPC_RETRY);
-        const char *where = "a new connection";
-        if (!stale) {
-            /* The endpoint failed: another one, or the other side. */
-            s->failed_ep = s->ep_state;
-            uint64_t now = health_now_ms();
-            if (s->route->failover && !cluster_usable(s->cluster, s->failed_ep, now)) {
-                int j = failover_split(s, now);
-                if (j >= 0) {
-                    switch_side(s, j);
-                    where = "the other side";
-                }
+        s->failed_ep = s->ep_state;
+        uint64_t now = health_now_ms();
+        if (cluster_usable(s->cluster, s->failed_ep, now)) {
+            where = "another endpoint";
+        } else {
+            int j = s->route->failover ? failover_split(s, now) : -1;
+            if (j >= 0) {
+                switch_side(s, j);
+                where = "the other side";
             } else {
-                where = "another endpoint";
+                where = "a new connection (no other usable endpoint)";
             }
         }
-        log_warn("request %s to cluster %s: %s; retrying (attempt %u) on %s", s->request_id, s->cluster->name, why, s->attempts,
-                 where);
+        log_warn("request %s to cluster %s: %s; retrying (attempt %u) on %s%s%s", s->request_id, from, why, s->attempts, where,
+                 s->cluster->name != from ? ", cluster " : "", s->cluster->name != from ? s->cluster->name : "");
         upstream_start(s, true);
         return;
     }

@@ -106,7 +106,6 @@ struct stream {
     struct evbuffer *body_buf; /* scratch for request-body moves */
     struct ep_state *ep_state;  /* endpoint of the current attempt (health.h) */
     struct ep_state *failed_ep; /* endpoint of the last failed attempt: a retry avoids it */
-    bool up_stale;              /* the failure was a reused idle connection closed under us (pool race) */
     bool continue_sent;         /* "100 Continue" went to the client */
 
     /* Replay and mirroring: every request-body byte taken from the client is

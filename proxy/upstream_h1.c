@@ -581,12 +581,9 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     }
     /* EOF or error before the response was complete. Before the response
      * head nothing reached the client: the stream may replay an idempotent
-     * request. A reused keep-alive connection that the upstream closed
-     * before answering anything is the classic pool race: the endpoint is
-     * fine, so the replay may go back to it. */
-    bool nothing = !c->head_done && evbuffer_get_length(bufferevent_get_input(bev)) == 0;
+     * request (this covers the pool race too: a reused keep-alive
+     * connection the upstream closed as we sent). */
     enum up_fail retry = c->head_done ? UPF_FATAL : UPF_MAYBE_SENT;
-    s->up_stale = c->reused && nothing;
     snprintf(why, sizeof(why), "upstream %s %s %s", c->addr, (what & BEV_EVENT_EOF) ? "closed the connection" : "connection error",
              c->head_done ? "in the response body" : "before a complete response head");
     if (!c->head_done)

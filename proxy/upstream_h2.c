@@ -962,7 +962,6 @@ static void session_lost(struct h2session *sess, int status, const char *what, e
              * replayable when idempotent. A session that had been idle and
              * got no answer at all is the pool race upstream_h1.c knows. */
             retry = st->head_ready ? UPF_FATAL : !st->sent ? UPF_UNSENT : UPF_MAYBE_SENT;
-            st->s->up_stale = !st->head_ready && st->sent && st->reused_idle && !st->got_frame;
             where = st->head_ready ? " in the response body" : " before the response head";
             if (!st->head_ready)
                 stream_up_count(sess->worker, st->s, UPC_BAD_RESPONSE);
