@@ -8,6 +8,8 @@
  * ${NAME} is substituted in every value (never in keys). Second, the tree
  * is walked into a struct config; every key is checked, and the first
  * problem becomes one line "FILE:LINE:COLUMN: what, expected what".
+ * Endpoint host names are checked, never resolved: proxy/health.c resolves
+ * them at run time, so loading never waits on DNS.
  *
  * The snapshot is allocated before the walk and filled in place, with
  * arrays zeroed at their final size, so a single config_free() releases
@@ -20,12 +22,12 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <yaml.h>
 
 #define CONFIG_MAX_INPUT (1024u * 1024u) /* bytes of YAML */
@@ -33,13 +35,19 @@
 #define MAX_NODES 100000u                /* scalars + collections in the document */
 #define MAX_VALUE (64u * 1024u)          /* bytes of one value, after ${NAME} substitution */
 #define MAX_VAR_NAME 255u                /* bytes of NAME in ${NAME} */
-#define MAX_ENDPOINT_ADDRS 64u           /* addresses kept per resolved endpoint */
 #define MAX_SPLIT 16u
 #define MAX_WEIGHT 1000000u
 #define MAX_NAME 64u      /* cluster and route names */
 #define MAX_TOKEN 256u    /* header and cookie names */
 #define MAX_HOSTNAME 253u /* RFC 1035 §2.3.4, without the trailing dot */
 #define MAX_PATH 4096u
+
+#define MAX_NAMESERVERS 16u
+#define MAX_RAMP_STEPS 64u
+#define KIB ((uint64_t)1024)
+#define MIB (KIB * 1024)
+#define GIB (MIB * 1024)
+#define MAX_BUFFERED_BODY (16 * MIB) /* retry.max_body, mirror.max_body */
 
 #define DAY_MS ((uint64_t)86400 * 1000)
 
@@ -70,13 +78,6 @@ struct loader {
     size_t n_nodes;
     struct config *cfg;
 };
-
-static config_resolver_fn resolver = getaddrinfo;
-
-void config_set_resolver(config_resolver_fn fn)
-{
-    resolver = fn != NULL ? fn : getaddrinfo;
-}
 
 /* ------------------------------------------------------------------------- */
 /* Errors: one line, the first problem wins. */
@@ -610,10 +611,27 @@ int config_parse_duration(const char *s, uint64_t *ms)
     return CO_ERROR;
 }
 
+/* ms in the largest unit that divides it exactly: "30d", "1h", "100ms". */
+static const char *duration_text(char *buf, size_t size, uint64_t ms)
+{
+    static const struct {
+        const char *unit;
+        uint64_t ms;
+    } units[] = {{"d", DAY_MS}, {"h", 3600 * 1000}, {"m", 60 * 1000}, {"s", 1000}};
+    for (size_t i = 0; i < CO_ARRAY_SIZE(units); i++) {
+        if (ms != 0 && ms % units[i].ms == 0) {
+            snprintf(buf, size, "%" PRIu64 "%s", ms / units[i].ms, units[i].unit);
+            return buf;
+        }
+    }
+    snprintf(buf, size, "%" PRIu64 "ms", ms);
+    return buf;
+}
+
 static int get_duration(struct loader *ld, const struct ynode *n, const char *what, uint64_t min_ms, uint64_t max_ms, uint64_t *out)
 {
     static const char expected[] = "a duration such as 250ms, 5s, 2m, 1h or 30d";
-    char q[QUOTE_BUF];
+    char q[QUOTE_BUF], max[32];
     const char *s = NULL;
     uint64_t v;
     if (get_string(ld, n, what, expected, &s) != CO_OK)
@@ -621,9 +639,241 @@ static int get_duration(struct loader *ld, const struct ynode *n, const char *wh
     if (config_parse_duration(s, &v) != CO_OK)
         return fail(ld, n, "%s %s is not a duration, expected %s", what, quote_node(q, n), expected);
     if (v < min_ms || v > max_ms)
-        return fail(ld, n, "%s %s is out of range, expected a duration from %" PRIu64 "ms to %" PRIu64 "d", what, quote_node(q, n),
-                    min_ms, max_ms / DAY_MS);
+        return fail(ld, n, "%s %s is out of range, expected a duration from %" PRIu64 "ms to %s", what, quote_node(q, n), min_ms,
+                    duration_text(max, sizeof(max), max_ms));
     *out = v;
+    return CO_OK;
+}
+
+/* Sizes: a whole number of bytes, or with a binary unit (64KiB, 16MiB, 1GiB).
+ * Decimal units (KB, MB) are refused rather than guessed at. */
+static bool parse_size(const char *s, uint64_t *bytes)
+{
+    static const struct {
+        const char *unit;
+        uint64_t bytes;
+    } units[] = {{"", 1}, {"KiB", KIB}, {"MiB", MIB}, {"GiB", GIB}};
+    size_t digits = 0;
+    uint64_t v;
+    while (s[digits] >= '0' && s[digits] <= '9')
+        digits++;
+    if (!parse_u64(s, digits, &v))
+        return false;
+    for (size_t i = 0; i < CO_ARRAY_SIZE(units); i++) {
+        if (strcmp(s + digits, units[i].unit) == 0) {
+            if (v > UINT64_MAX / units[i].bytes)
+                return false;
+            *bytes = v * units[i].bytes;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* bytes in the largest binary unit that divides it exactly: "16MiB", "100". */
+static const char *size_text(char *buf, size_t size, uint64_t bytes)
+{
+    if (bytes != 0 && bytes % GIB == 0)
+        snprintf(buf, size, "%" PRIu64 "GiB", bytes / GIB);
+    else if (bytes != 0 && bytes % MIB == 0)
+        snprintf(buf, size, "%" PRIu64 "MiB", bytes / MIB);
+    else if (bytes != 0 && bytes % KIB == 0)
+        snprintf(buf, size, "%" PRIu64 "KiB", bytes / KIB);
+    else
+        snprintf(buf, size, "%" PRIu64, bytes);
+    return buf;
+}
+
+static int get_size(struct loader *ld, const struct ynode *n, const char *what, uint64_t max, uint64_t *out)
+{
+    static const char expected[] = "a size in bytes such as 65536, 64KiB or 16MiB";
+    char q[QUOTE_BUF], text[32];
+    const char *s = NULL;
+    uint64_t v;
+    if (get_string(ld, n, what, expected, &s) != CO_OK)
+        return CO_ERROR;
+    if (!parse_size(s, &v))
+        return fail(ld, n, "%s %s is not a size, expected %s", what, quote_node(q, n), expected);
+    if (v > max)
+        return fail(ld, n, "%s %s is out of range, expected a size from 0 to %s", what, quote_node(q, n),
+                    size_text(text, sizeof(text), max));
+    *out = v;
+    return CO_OK;
+}
+
+enum parse_result {
+    PARSE_OK,
+    PARSE_SYNTAX, /* not the expected form */
+    PARSE_RANGE,  /* the right form, too large */
+};
+
+/*
+ * DIGITS[.D[D...]] with at most `decimals` decimals, scaled by 10^decimals
+ * ("12.5" with 2 decimals -> 1250). Values above `max` (after scaling) are
+ * PARSE_RANGE; `end` gets the first byte after the number.
+ */
+static enum parse_result parse_fixed(const char *s, unsigned decimals, uint64_t max, uint64_t *out, const char **end)
+{
+    size_t digits = 0;
+    uint64_t whole, frac = 0, scale = 1;
+    for (unsigned i = 0; i < decimals; i++)
+        scale *= 10;
+    while (s[digits] >= '0' && s[digits] <= '9')
+        digits++;
+    if (digits == 0)
+        return PARSE_SYNTAX;
+    const char *p = s + digits;
+    if (*p == '.') {
+        size_t n = 0;
+        p++;
+        while (p[n] >= '0' && p[n] <= '9')
+            n++;
+        if (n == 0 || n > decimals)
+            return PARSE_SYNTAX;
+        for (size_t i = 0; i < decimals; i++)
+            frac = frac * 10 + (i < n ? (uint64_t)(p[i] - '0') : 0);
+        p += n;
+    }
+    *end = p;
+    if (!parse_u64(s, digits, &whole) || whole > max / scale || whole * scale + frac > max)
+        return PARSE_RANGE;
+    *out = whole * scale + frac;
+    return PARSE_OK;
+}
+
+/* "12.5%" or "12.5" -> 1250 basis points. */
+static enum parse_result parse_percent(const char *s, uint32_t *bp)
+{
+    uint64_t v;
+    const char *end = NULL;
+    enum parse_result r = parse_fixed(s, 2, CONFIG_BUCKETS, &v, &end);
+    if (r == PARSE_SYNTAX)
+        return r;
+    /* A number too large is "out of range" only when the rest is well formed. */
+    if (*end == '%')
+        end++;
+    if (*end != '\0')
+        return PARSE_SYNTAX;
+    if (r == PARSE_OK)
+        *bp = (uint32_t)v;
+    return r;
+}
+
+int config_parse_percent(const char *s, uint32_t *bp)
+{
+    uint32_t v;
+    if (s == NULL || parse_percent(s, &v) != PARSE_OK)
+        return CO_ERROR;
+    if (bp != NULL)
+        *bp = v;
+    return CO_OK;
+}
+
+static int get_percent(struct loader *ld, const struct ynode *n, const char *what, uint32_t *out)
+{
+    static const char expected[] = "a percentage from 0% to 100% with at most two decimals, such as 20%, 0.5% or 100";
+    char q[QUOTE_BUF];
+    const char *s = NULL;
+    if (get_string(ld, n, what, expected, &s) != CO_OK)
+        return CO_ERROR;
+    switch (parse_percent(s, out)) {
+    case PARSE_OK:
+        return CO_OK;
+    case PARSE_RANGE:
+        return fail(ld, n, "%s %s is above 100%%, expected %s", what, quote_node(q, n), expected);
+    case PARSE_SYNTAX:
+        break;
+    }
+    return fail(ld, n, "%s %s is not a percentage, expected %s", what, quote_node(q, n), expected);
+}
+
+/* A ratio 0..1 with at most four decimals ("0.01") or a percentage ("1%"), in basis points. */
+static int get_ratio(struct loader *ld, const struct ynode *n, const char *what, uint32_t *out)
+{
+    static const char expected[] = "a ratio from 0 to 1 such as 0.01 (at most four decimals), or a percentage such as 1%";
+    char q[QUOTE_BUF];
+    const char *s = NULL;
+    enum parse_result r;
+    if (get_string(ld, n, what, expected, &s) != CO_OK)
+        return CO_ERROR;
+    size_t len = strlen(s);
+    if (len > 0 && s[len - 1] == '%') {
+        r = parse_percent(s, out);
+    } else {
+        uint64_t v;
+        const char *end = NULL;
+        r = parse_fixed(s, 4, CONFIG_BUCKETS, &v, &end);
+        if (r != PARSE_SYNTAX && *end != '\0')
+            r = PARSE_SYNTAX;
+        if (r == PARSE_OK)
+            *out = (uint32_t)v;
+    }
+    switch (r) {
+    case PARSE_OK:
+        return CO_OK;
+    case PARSE_RANGE:
+        return fail(ld, n, "%s %s is out of range, expected %s", what, quote_node(q, n), expected);
+    case PARSE_SYNTAX:
+        break;
+    }
+    return fail(ld, n, "%s %s is not a ratio, expected %s", what, quote_node(q, n), expected);
+}
+
+/* Basis points as a percentage with two decimals: 1250 -> "12.50%". */
+static const char *percent_text(char *buf, size_t size, uint64_t bp)
+{
+    snprintf(buf, size, "%" PRIu64 ".%02" PRIu64 "%%", bp / 100, bp % 100);
+    return buf;
+}
+
+/*
+ * "YYYY-MM-DDTHH:MM:SSZ": RFC 3339 restricted to UTC ("Z"), uppercase T and
+ * Z, no fractional seconds, no leap second, years 1970..9999.
+ */
+int config_parse_time(const char *s, int64_t *unix_s)
+{
+    static const char form[] = "dddd-dd-ddTdd:dd:ddZ";
+    int f[6] = {0};
+    static const size_t at[6] = {0, 5, 8, 11, 14, 17}, width[6] = {4, 2, 2, 2, 2, 2};
+
+    if (s == NULL || strlen(s) != sizeof(form) - 1)
+        return CO_ERROR;
+    for (size_t i = 0; form[i] != '\0'; i++) {
+        bool digit = s[i] >= '0' && s[i] <= '9';
+        if (form[i] == 'd' ? !digit : s[i] != form[i])
+            return CO_ERROR;
+    }
+    for (size_t k = 0; k < 6; k++)
+        for (size_t i = 0; i < width[k]; i++)
+            f[k] = f[k] * 10 + (s[at[k] + i] - '0');
+    if (f[0] < 1970 || f[1] < 1 || f[1] > 12 || f[2] < 1 || f[2] > 31 || f[3] > 23 || f[4] > 59 || f[5] > 59)
+        return CO_ERROR;
+    struct tm tm;
+    memset(&tm, 0, sizeof(tm));
+    tm.tm_year = f[0] - 1900;
+    tm.tm_mon = f[1] - 1;
+    tm.tm_mday = f[2];
+    tm.tm_hour = f[3];
+    tm.tm_min = f[4];
+    tm.tm_sec = f[5];
+    time_t t = timegm(&tm);
+    /* timegm() normalises 2026-02-30 into March: refuse days the month lacks. */
+    if (t == (time_t)-1 || tm.tm_mday != f[2] || tm.tm_mon != f[1] - 1)
+        return CO_ERROR;
+    if (unix_s != NULL)
+        *unix_s = (int64_t)t;
+    return CO_OK;
+}
+
+static int get_time(struct loader *ld, const struct ynode *n, const char *what, int64_t *out)
+{
+    static const char expected[] = "a UTC time such as 2026-12-01T09:00:00Z";
+    char q[QUOTE_BUF];
+    const char *s = NULL;
+    if (get_string(ld, n, what, expected, &s) != CO_OK)
+        return CO_ERROR;
+    if (config_parse_time(s, out) != CO_OK)
+        return fail(ld, n, "%s %s is not a valid time, expected %s", what, quote_node(q, n), expected);
     return CO_OK;
 }
 
@@ -876,6 +1126,8 @@ static void config_free(struct config *cfg)
         free(c->tls.ca_file);
         if (c->tls.ctx)
             tls_ctx_free(c->tls.ctx);
+        free(c->health.path);
+        free(c->health.host);
     }
     free(cfg->clusters);
     for (size_t i = 0; i < cfg->n_routes; i++) {
@@ -894,8 +1146,12 @@ static void config_free(struct config *cfg)
                 p[k] = 0;
         }
         free(r->override.secret);
+        free(r->ramp.steps);
     }
     free(cfg->routes);
+    for (size_t i = 0; i < cfg->dns.n_nameservers; i++)
+        free(cfg->dns.nameservers[i]);
+    free(cfg->dns.nameservers);
     free(cfg->file);
     free(cfg);
 }
@@ -903,7 +1159,7 @@ static void config_free(struct config *cfg)
 /* ------------------------------------------------------------------------- */
 /* Pass 2: the schema. */
 
-static const char *const top_keys[] = {"workers", "listen", "admin", "limits", "timeouts", "clusters", "routes", NULL};
+static const char *const top_keys[] = {"workers", "listen", "admin", "limits", "timeouts", "dns", "clusters", "routes", NULL};
 static const char *const listener_keys[] = {"address", "tls", NULL};
 static const char *const listener_tls_keys[] = {"certs", "min_version", "h2", NULL};
 static const char *const cert_keys[] = {"cert", "key", NULL};
@@ -912,9 +1168,28 @@ static const char *const admin_keys[] = {"address", "token", NULL};
 static const char *const limits_keys[] = {"max_request_line", "max_header_bytes", "max_headers",
                                           "max_body_bytes",   "max_connections",  NULL};
 static const char *const timeouts_keys[] = {"header", "idle", "body", "send", "drain", "handshake", NULL};
-static const char *const cluster_keys[] = {"name",         "endpoints", "host", "protocol", "connect_timeout", "first_byte_timeout",
-                                           "idle_timeout", "max_idle",  "tls",  NULL};
-static const char *const route_keys[] = {"name", "match", "split", "sticky", "override", NULL};
+static const char *const dns_keys[] = {"nameservers", "min_ttl", "max_ttl", "timeout", NULL};
+static const char *const cluster_keys[] = {"name",
+                                           "endpoints",
+                                           "host",
+                                           "protocol",
+                                           "connect_timeout",
+                                           "first_byte_timeout",
+                                           "idle_timeout",
+                                           "max_idle",
+                                           "tls",
+                                           "health",
+                                           "eject",
+                                           "max_connection_age",
+                                           NULL};
+static const char *const health_keys[] = {"path", "host", "interval", "timeout", "healthy", "unhealthy", "expect", NULL};
+static const char *const eject_keys[] = {"connect_failures", "consecutive_5xx", "duration", NULL};
+static const char *const route_keys[] = {"name",     "match", "split",  "sticky", "override",
+                                         "failover", "retry", "mirror", "ramp",   NULL};
+static const char *const retry_keys[] = {"attempts", "budget", "max_body", NULL};
+static const char *const mirror_keys[] = {"cluster", "percent", "max_body", "compare", "max_in_flight", NULL};
+static const char *const ramp_keys[] = {"start", "steps", "hold", "gate", NULL};
+static const char *const gate_keys[] = {"min_requests", "max_5xx_ratio", "max_p99", "max_p99_ms", "old_side_margin", NULL};
 static const char *const match_keys[] = {"host", "path_prefix", "path", NULL};
 static const char *const split_keys[] = {"cluster", "weight", NULL};
 static const char *const sticky_keys[] = {"cookie", "header", "client_ip", "max_age", NULL};
@@ -1040,42 +1315,76 @@ static int load_timeouts(struct loader *ld, const struct ynode *m)
     return CO_OK;
 }
 
-static int resolve_endpoint(struct loader *ld, const struct ynode *n, struct endpoint_conf *e)
+/* A section such as `health:` that may be written empty (all defaults) or as a mapping. */
+static int expect_section(struct loader *ld, const struct ynode *n, const char *what, const char *const *keys)
 {
-    struct addrinfo hints, *res = NULL;
-    char service[8];
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    snprintf(service, sizeof(service), "%u", (unsigned)e->port);
-    int rc = resolver(e->host, service, &hints, &res);
-    if (rc != 0) {
-        const char *why = rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc);
-        return fail(ld, n, "cannot resolve endpoint \"%s\": %s, expected a host name that resolves", e->name, why);
+    if (is_null(n))
+        return CO_OK; /* no kids: every mget() on it is NULL */
+    if (expect_map(ld, n, what, keys) != CO_OK || check_keys(ld, n, what, keys) != CO_OK)
+        return CO_ERROR;
+    return CO_OK;
+}
+
+/* A nameserver for evdns: "IP" (port 53), "IPv4:PORT" or "[IPv6]:PORT". */
+static bool parse_nameserver(const char *s, struct sockaddr_storage *sa)
+{
+    struct sockaddr_in *sin = (struct sockaddr_in *)sa;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)sa;
+    struct hostport hp;
+    socklen_t sa_len;
+    memset(sa, 0, sizeof(*sa));
+    if (inet_pton(AF_INET, s, &sin->sin_addr) == 1) {
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(53);
+        return true;
     }
-    e->addrs = co_calloc(MAX_ENDPOINT_ADDRS, sizeof(*e->addrs));
-    e->addr_lens = co_calloc(MAX_ENDPOINT_ADDRS, sizeof(*e->addr_lens));
-    for (const struct addrinfo *ai = res; ai != NULL && e->n_addrs < MAX_ENDPOINT_ADDRS; ai = ai->ai_next) {
-        if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) || ai->ai_addr == NULL ||
-            ai->ai_addrlen > sizeof(struct sockaddr_storage))
-            continue;
-        struct sockaddr_storage sa;
-        memset(&sa, 0, sizeof(sa));
-        memcpy(&sa, ai->ai_addr, ai->ai_addrlen);
-        bool seen = false;
-        for (size_t i = 0; i < e->n_addrs && !seen; i++)
-            seen = sockaddr_equal(&e->addrs[i], &sa);
-        if (seen)
-            continue;
-        e->addrs[e->n_addrs] = sa;
-        e->addr_lens[e->n_addrs] = ai->ai_addrlen;
-        e->n_addrs++;
+    if (inet_pton(AF_INET6, s, &sin6->sin6_addr) == 1) {
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons(53);
+        return true;
     }
-    if (res != NULL)
-        freeaddrinfo(res);
-    if (e->n_addrs == 0)
-        return fail(ld, n, "endpoint \"%s\" resolves to no IPv4 or IPv6 address, expected at least one", e->name);
+    return split_hostport(s, &hp) == NULL && ip_literal(&hp, sa, &sa_len);
+}
+
+static int load_dns(struct loader *ld, const struct ynode *m)
+{
+    static const char expected[] = "IP, IP:PORT or [IPv6]:PORT such as 10.0.0.2, 10.0.0.2:53 or [fd00::53]:53";
+    struct dns_conf *d = &ld->cfg->dns;
+    const struct ynode *v, *min_ttl, *max_ttl;
+    char q[QUOTE_BUF], a[32], b[32];
+    if (expect_section(ld, m, "dns", dns_keys) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "nameservers")) != NULL) {
+        if (expect_list(ld, v, "dns.nameservers", 0, MAX_NAMESERVERS, expected) != CO_OK)
+            return CO_ERROR;
+        struct sockaddr_storage sa[MAX_NAMESERVERS];
+        if (v->n_kids > 0) /* an empty list leaves nameservers NULL, as without the key */
+            d->nameservers = co_calloc(v->n_kids, sizeof(*d->nameservers));
+        for (size_t i = 0; i < v->n_kids; i++) {
+            const struct ynode *n = v->kids[i];
+            const char *s;
+            if (get_string(ld, n, "nameserver", expected, &s) != CO_OK)
+                return CO_ERROR;
+            if (!parse_nameserver(s, &sa[i]))
+                return fail(ld, n, "bad nameserver %s, expected %s", quote_node(q, n), expected);
+            for (size_t j = 0; j < i; j++)
+                if (sockaddr_equal(&sa[j], &sa[i]))
+                    return fail(ld, n, "duplicate nameserver %s (same as \"%s\"), expected each nameserver once", quote_node(q, n),
+                                d->nameservers[j]);
+            d->nameservers[i] = co_strdup(s);
+            d->n_nameservers = i + 1;
+        }
+    }
+    if ((min_ttl = mget(m, "min_ttl")) != NULL && get_duration(ld, min_ttl, "dns.min_ttl", 1000, DAY_MS, &d->min_ttl_ms) != CO_OK)
+        return CO_ERROR;
+    if ((max_ttl = mget(m, "max_ttl")) != NULL &&
+        get_duration(ld, max_ttl, "dns.max_ttl", 1000, 7 * DAY_MS, &d->max_ttl_ms) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "timeout")) != NULL && get_duration(ld, v, "dns.timeout", 100, 60 * 1000, &d->timeout_ms) != CO_OK)
+        return CO_ERROR;
+    if (d->min_ttl_ms > d->max_ttl_ms)
+        return fail(ld, max_ttl != NULL ? max_ttl : min_ttl, "dns.min_ttl %s is above dns.max_ttl %s, expected min_ttl <= max_ttl",
+                    duration_text(a, sizeof(a), d->min_ttl_ms), duration_text(b, sizeof(b), d->max_ttl_ms));
     return CO_OK;
 }
 
@@ -1108,7 +1417,8 @@ static int load_endpoint(struct loader *ld, const struct ynode *n, struct endpoi
     if (!valid_hostname(hp.host, hp.host_len))
         return fail(ld, n, "bad endpoint %s: host is neither an IPv4 address nor a DNS name, expected %s", quote_node(q, n),
                     expected);
-    return resolve_endpoint(ld, n, e);
+    e->dns = true; /* resolved at run time (proxy/health.c) */
+    return CO_OK;
 }
 
 /* Host header value sent upstream: a host name or IP, optional :port. */
@@ -1215,6 +1525,121 @@ static int load_listener_tls(struct loader *ld, const struct ynode *m, struct li
     return CO_OK;
 }
 
+/* A request-target path for a health probe: starts with '/', no spaces or controls. */
+static bool valid_probe_path(const char *s)
+{
+    bool ok = s[0] == '/' && strlen(s) <= MAX_PATH;
+    for (const char *p = s; ok && *p != '\0'; p++)
+        ok = (unsigned char)*p > 0x20 && *p != 0x7f;
+    return ok;
+}
+
+/* `expect:` 200, "200-299" or "2xx" (100..599). */
+static bool parse_expect(const char *s, uint16_t *lo, uint16_t *hi)
+{
+    uint64_t a, b;
+    size_t len = strlen(s);
+    if (len == 3 && s[0] >= '1' && s[0] <= '5' && (strcmp(s + 1, "xx") == 0 || strcmp(s + 1, "XX") == 0)) {
+        *lo = (uint16_t)((s[0] - '0') * 100);
+        *hi = (uint16_t)(*lo + 99);
+        return true;
+    }
+    if (len == 3 && parse_u64(s, 3, &a))
+        b = a;
+    else if (len != 7 || s[3] != '-' || !parse_u64(s, 3, &a) || !parse_u64(s + 4, 3, &b))
+        return false;
+    if (a < 100 || b > 599 || a > b)
+        return false;
+    *lo = (uint16_t)a;
+    *hi = (uint16_t)b;
+    return true;
+}
+
+static int load_health(struct loader *ld, const struct ynode *m, struct cluster_conf *c)
+{
+    static const char expect_form[] = "a status such as 200, a range such as 200-299, or a class such as 2xx (statuses 100..599)";
+    struct health_conf *h = &c->health;
+    const struct ynode *v, *interval, *timeout;
+    const char *s;
+    char q[QUOTE_BUF], a[32], b[32];
+    if (expect_section(ld, m, "health", health_keys) != CO_OK)
+        return CO_ERROR;
+    h->enabled = true;
+    if ((v = mget(m, "path")) != NULL) {
+        if (get_string(ld, v, "health.path", "a path starting with /", &s) != CO_OK)
+            return CO_ERROR;
+        if (!valid_probe_path(s))
+            return fail(ld, v, "bad health.path %s, expected a path starting with / and without spaces", quote_node(q, v));
+        free(h->path);
+        h->path = co_strdup(s);
+    }
+    if ((v = mget(m, "host")) != NULL) {
+        if (get_string(ld, v, "health.host", "a Host header value such as api.example.com", &s) != CO_OK)
+            return CO_ERROR;
+        if (!valid_host_header(s))
+            return fail(ld, v, "bad health.host %s, expected a Host header value such as api.example.com", quote_node(q, v));
+        h->host = co_strdup(s);
+    }
+    if ((interval = mget(m, "interval")) != NULL &&
+        get_duration(ld, interval, "health.interval", 100, 3600 * 1000, &h->interval_ms) != CO_OK)
+        return CO_ERROR;
+    if ((timeout = mget(m, "timeout")) != NULL &&
+        get_duration(ld, timeout, "health.timeout", TIMEOUT_MIN_MS, 3600 * 1000, &h->timeout_ms) != CO_OK)
+        return CO_ERROR;
+    if (h->timeout_ms >= h->interval_ms) {
+        /* A probe must end before the next one starts. */
+        if (timeout != NULL)
+            return fail(ld, timeout,
+                        "health.timeout %s is not below health.interval (%s), expected a timeout shorter than the interval",
+                        quote_node(q, timeout), duration_text(a, sizeof(a), h->interval_ms));
+        return fail(ld, interval,
+                    "health.interval %s is not above health.timeout (%s by default), expected a longer interval or a shorter "
+                    "health.timeout",
+                    quote_node(q, interval), duration_text(b, sizeof(b), h->timeout_ms));
+    }
+    if ((v = mget(m, "healthy")) != NULL && get_u32(ld, v, "health.healthy", 1, 100, &h->healthy) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "unhealthy")) != NULL && get_u32(ld, v, "health.unhealthy", 1, 100, &h->unhealthy) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "expect")) != NULL) {
+        if (get_string(ld, v, "health.expect", expect_form, &s) != CO_OK)
+            return CO_ERROR;
+        if (!parse_expect(s, &h->expect_min, &h->expect_max))
+            return fail(ld, v, "bad health.expect %s, expected %s", quote_node(q, v), expect_form);
+    }
+    return CO_OK;
+}
+
+static int load_eject(struct loader *ld, const struct ynode *m, struct cluster_conf *c)
+{
+    struct eject_conf *e = &c->eject;
+    const struct ynode *v;
+    if (expect_section(ld, m, "eject", eject_keys) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "connect_failures")) != NULL &&
+        get_u32(ld, v, "eject.connect_failures", 0, 1000, &e->connect_failures) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "consecutive_5xx")) != NULL && get_u32(ld, v, "eject.consecutive_5xx", 0, 1000, &e->consecutive_5xx) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "duration")) != NULL && get_duration(ld, v, "eject.duration", 1000, DAY_MS, &e->duration_ms) != CO_OK)
+        return CO_ERROR;
+    return CO_OK;
+}
+
+/* 0s = unlimited, else 1s..30d: a shorter age would open a connection per request. */
+static int load_max_connection_age(struct loader *ld, const struct ynode *v, struct cluster_conf *c)
+{
+    char q[QUOTE_BUF];
+    uint64_t ms;
+    if (get_duration(ld, v, "max_connection_age", 0, UINT64_MAX, &ms) != CO_OK)
+        return CO_ERROR;
+    if (ms > TIMEOUT_MAX_MS || (ms > 0 && ms < 1000))
+        return fail(ld, v, "max_connection_age %s is out of range, expected 0s (unlimited) or a duration from 1s to 30d",
+                    quote_node(q, v));
+    c->max_connection_age_ms = ms;
+    return CO_OK;
+}
+
 static int load_cluster(struct loader *ld, const struct ynode *m, struct cluster_conf *c)
 {
     const struct ynode *v;
@@ -1227,6 +1652,17 @@ static int load_cluster(struct loader *ld, const struct ynode *m, struct cluster
     c->idle_timeout_ms = 30000;
     c->max_idle = 256;
     c->protocol = CLUSTER_PROTO_H1;
+    c->max_connection_age_ms = 600000;
+    c->eject.connect_failures = 3;
+    c->eject.consecutive_5xx = 5;
+    c->eject.duration_ms = 30000;
+    c->health.path = co_strdup("/healthz");
+    c->health.interval_ms = 5000;
+    c->health.timeout_ms = 2000;
+    c->health.healthy = 2;
+    c->health.unhealthy = 3;
+    c->health.expect_min = 200;
+    c->health.expect_max = 399;
 
     if ((v = mget(m, "name")) == NULL)
         return fail(ld, m, "missing required key \"name\" in cluster, expected name: NAME");
@@ -1285,6 +1721,12 @@ static int load_cluster(struct loader *ld, const struct ynode *m, struct cluster
         get_duration(ld, v, "idle_timeout", TIMEOUT_MIN_MS, TIMEOUT_MAX_MS, &c->idle_timeout_ms) != CO_OK)
         return CO_ERROR;
     if ((v = mget(m, "max_idle")) != NULL && get_u32(ld, v, "max_idle", 0, 100000, &c->max_idle) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "max_connection_age")) != NULL && load_max_connection_age(ld, v, c) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "health")) != NULL && load_health(ld, v, c) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "eject")) != NULL && load_eject(ld, v, c) != CO_OK)
         return CO_ERROR;
     return CO_OK;
 }
@@ -1514,6 +1956,175 @@ static int load_override(struct loader *ld, const struct ynode *m, struct route_
     return CO_OK;
 }
 
+static int load_retry(struct loader *ld, const struct ynode *m, struct route_conf *r)
+{
+    struct retry_conf *rt = &r->retry;
+    const struct ynode *v;
+    if (expect_section(ld, m, "retry", retry_keys) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "attempts")) != NULL && get_u32(ld, v, "retry.attempts", 0, 4, &rt->attempts) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "budget")) != NULL && get_percent(ld, v, "retry.budget", &rt->budget) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "max_body")) != NULL && get_size(ld, v, "retry.max_body", MAX_BUFFERED_BODY, &rt->max_body) != CO_OK)
+        return CO_ERROR;
+    return CO_OK;
+}
+
+static int load_mirror(struct loader *ld, const struct ynode *m, struct route_conf *r)
+{
+    struct mirror_conf *mi = &r->mirror;
+    const struct ynode *v;
+    const char *s;
+    char q[QUOTE_BUF], names[256];
+    if (expect_map(ld, m, "mirror", mirror_keys) != CO_OK || check_keys(ld, m, "mirror", mirror_keys) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "cluster")) == NULL)
+        return fail(ld, m, "missing required key \"cluster\" in mirror, expected cluster: NAME");
+    if (get_string(ld, v, "mirror cluster", "a cluster name", &s) != CO_OK)
+        return CO_ERROR;
+    if ((mi->cluster = (struct cluster_conf *)config_find_cluster(ld->cfg, s)) == NULL) {
+        cluster_names(ld->cfg, names, sizeof(names));
+        return fail(ld, v, "unknown cluster %s in mirror, expected one of: %s", quote_node(q, v), names);
+    }
+    if ((v = mget(m, "percent")) != NULL && get_percent(ld, v, "mirror.percent", &mi->share) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "max_body")) != NULL && get_size(ld, v, "mirror.max_body", MAX_BUFFERED_BODY, &mi->max_body) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "compare")) != NULL && get_bool(ld, v, "mirror.compare", &mi->compare) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "max_in_flight")) != NULL && get_u32(ld, v, "mirror.max_in_flight", 1, 10000, &mi->max_in_flight) != CO_OK)
+        return CO_ERROR;
+    return CO_OK;
+}
+
+static int load_gate(struct loader *ld, const struct ynode *m, struct ramp_gate_conf *g)
+{
+    const struct ynode *v, *p99, *p99_ms;
+    if (expect_section(ld, m, "ramp gate", gate_keys) != CO_OK)
+        return CO_ERROR;
+    g->enabled = true;
+    if ((v = mget(m, "min_requests")) != NULL && get_uint(ld, v, "gate.min_requests", 1, 1000000000, &g->min_requests) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "max_5xx_ratio")) != NULL && get_ratio(ld, v, "gate.max_5xx_ratio", &g->max_5xx) != CO_OK)
+        return CO_ERROR;
+    p99 = mget(m, "max_p99");
+    p99_ms = mget(m, "max_p99_ms");
+    if (p99 != NULL && p99_ms != NULL)
+        return fail(ld, m, "gate has both max_p99 and max_p99_ms, expected at most one of them");
+    if (p99 != NULL && get_duration(ld, p99, "gate.max_p99", 0, 3600 * 1000, &g->max_p99_ms) != CO_OK)
+        return CO_ERROR;
+    if (p99_ms != NULL && get_uint(ld, p99_ms, "gate.max_p99_ms", 0, 3600 * 1000, &g->max_p99_ms) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "old_side_margin")) != NULL) {
+        if (get_ratio(ld, v, "gate.old_side_margin", &g->old_side_margin) != CO_OK)
+            return CO_ERROR;
+        g->vs_old = true;
+    }
+    return CO_OK;
+}
+
+/* FNV-1a, 64 bits. Integers are hashed as 8 little-endian bytes so the
+ * fingerprint is the same on every platform. */
+#define FNV_OFFSET UINT64_C(0xcbf29ce484222325)
+#define FNV_PRIME UINT64_C(0x100000001b3)
+
+static uint64_t fnv_bytes(uint64_t h, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= FNV_PRIME;
+    }
+    return h;
+}
+
+static uint64_t fnv_u64(uint64_t h, uint64_t v)
+{
+    unsigned char b[8];
+    for (size_t i = 0; i < 8; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+    return fnv_bytes(h, b, sizeof(b));
+}
+
+/* Everything that defines the ramp's schedule and its judgement, plus the split it ramps. */
+static uint64_t ramp_fingerprint(const struct route_conf *r)
+{
+    const struct ramp_conf *rp = &r->ramp;
+    uint64_t h = FNV_OFFSET;
+    h = fnv_u64(h, (uint64_t)rp->start_s);
+    h = fnv_u64(h, rp->n_steps);
+    for (size_t i = 0; i < rp->n_steps; i++)
+        h = fnv_u64(h, rp->steps[i]);
+    h = fnv_u64(h, rp->hold_ms);
+    h = fnv_u64(h, rp->gate.enabled);
+    h = fnv_u64(h, rp->gate.min_requests);
+    h = fnv_u64(h, rp->gate.max_5xx);
+    h = fnv_u64(h, rp->gate.max_p99_ms);
+    h = fnv_u64(h, rp->gate.vs_old);
+    h = fnv_u64(h, rp->gate.old_side_margin);
+    h = fnv_u64(h, r->n_split);
+    for (size_t i = 0; i < r->n_split; i++) {
+        const char *name = r->split[i].cluster->name;
+        h = fnv_u64(h, strlen(name)); /* length first: ("ab","c") differs from ("a","bc") */
+        h = fnv_bytes(h, name, strlen(name));
+        h = fnv_u64(h, r->split[i].weight);
+    }
+    return h;
+}
+
+/* After load_split: the ramp moves split[0]'s share up through `steps`. */
+static int load_ramp(struct loader *ld, const struct ynode *m, struct route_conf *r)
+{
+    struct ramp_conf *rp = &r->ramp;
+    const struct ynode *v, *steps;
+    char q[QUOTE_BUF], a[32];
+    if (expect_map(ld, m, "ramp", ramp_keys) != CO_OK || check_keys(ld, m, "ramp", ramp_keys) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "start")) == NULL)
+        return fail(ld, m, "missing required key \"start\" in ramp, expected start: a UTC time such as 2026-12-01T09:00:00Z");
+    if (get_time(ld, v, "ramp.start", &rp->start_s) != CO_OK)
+        return CO_ERROR;
+    if ((steps = mget(m, "steps")) == NULL)
+        return fail(ld, m,
+                    "missing required key \"steps\" in ramp, expected steps: a list of percentages such as [5%%, 25%%, 100%%]");
+    if (expect_list(ld, steps, "ramp.steps", 1, MAX_RAMP_STEPS, "percentages such as [5%, 25%, 100%]") != CO_OK)
+        return CO_ERROR;
+    if (r->n_split != 2)
+        return fail(ld, steps,
+                    "ramp on route \"%s\" whose split has %zu entries, expected a split of exactly 2 clusters (the new side "
+                    "first)",
+                    r->name, r->n_split);
+    rp->steps = co_calloc(steps->n_kids, sizeof(*rp->steps));
+    rp->n_steps = steps->n_kids;
+    for (size_t i = 0; i < steps->n_kids; i++) {
+        const struct ynode *n = steps->kids[i];
+        if (get_percent(ld, n, "ramp step", &rp->steps[i]) != CO_OK)
+            return CO_ERROR;
+        if (i > 0 && rp->steps[i] < rp->steps[i - 1])
+            return fail(ld, n, "ramp step %s is below the step before it (%s), expected non-decreasing steps", quote_node(q, n),
+                        percent_text(a, sizeof(a), rp->steps[i - 1]));
+    }
+    /* The sticky share of split[0] as decide.c computes it; a first step below
+     * it would move users back to the old side. */
+    uint32_t written = (uint32_t)((uint64_t)CONFIG_BUCKETS * r->split[0].weight / r->total_weight);
+    if (rp->steps[0] < written)
+        return fail(
+            ld, steps->kids[0],
+            "first ramp step %s is below the written share of cluster \"%s\" (%s from its weight), expected a first step of "
+            "at least that (a ramp only moves users to the new side)",
+            quote_node(q, steps->kids[0]), r->split[0].cluster->name, percent_text(a, sizeof(a), written));
+    if ((v = mget(m, "hold")) == NULL)
+        return fail(ld, m, "missing required key \"hold\" in ramp, expected hold: the time on each step such as 30m");
+    if (get_duration(ld, v, "ramp.hold", 1000, TIMEOUT_MAX_MS, &rp->hold_ms) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "gate")) != NULL && load_gate(ld, v, &rp->gate) != CO_OK)
+        return CO_ERROR;
+    rp->enabled = true;
+    rp->fingerprint = ramp_fingerprint(r);
+    return CO_OK;
+}
+
 static int load_route(struct loader *ld, const struct ynode *m, struct route_conf *r)
 {
     const struct ynode *v;
@@ -1523,6 +2134,15 @@ static int load_route(struct loader *ld, const struct ynode *m, struct route_con
         return CO_ERROR;
     r->path = co_strdup("/");
     r->sticky.max_age_s = 86400u * 30u;
+    r->failover = true;
+    r->retry.attempts = 1;
+    r->retry.budget = 2000;
+    r->retry.max_body = 64 * KIB;
+    r->mirror.share = CONFIG_BUCKETS;
+    r->mirror.max_body = 64 * KIB;
+    r->mirror.max_in_flight = 64;
+    r->ramp.gate.min_requests = 100;
+    r->ramp.gate.max_5xx = CONFIG_BUCKETS;
 
     if ((v = mget(m, "name")) == NULL)
         return fail(ld, m, "missing required key \"name\" in route, expected name: NAME");
@@ -1545,6 +2165,14 @@ static int load_route(struct loader *ld, const struct ynode *m, struct route_con
     if ((v = mget(m, "sticky")) != NULL && load_sticky(ld, v, r) != CO_OK)
         return CO_ERROR;
     if ((v = mget(m, "override")) != NULL && load_override(ld, v, r) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "failover")) != NULL && get_bool(ld, v, "failover", &r->failover) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "retry")) != NULL && load_retry(ld, v, r) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "mirror")) != NULL && load_mirror(ld, v, r) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(m, "ramp")) != NULL && load_ramp(ld, v, r) != CO_OK)
         return CO_ERROR;
     return CO_OK;
 }
@@ -1579,6 +2207,9 @@ static int load_root(struct loader *ld, const struct ynode *root)
     cfg->timeouts.send_ms = 60000;
     cfg->timeouts.drain_ms = 30000;
     cfg->timeouts.handshake_ms = 10000;
+    cfg->dns.min_ttl_ms = 5000;
+    cfg->dns.max_ttl_ms = 300000;
+    cfg->dns.timeout_ms = 2000;
 
     if (root == NULL)
         return fail_at(ld, 1, 1, "the configuration is empty, expected a mapping with keys listen, clusters, routes");
@@ -1597,6 +2228,8 @@ static int load_root(struct loader *ld, const struct ynode *root)
     if ((v = mget(root, "limits")) != NULL && load_limits(ld, v) != CO_OK)
         return CO_ERROR;
     if ((v = mget(root, "timeouts")) != NULL && load_timeouts(ld, v) != CO_OK)
+        return CO_ERROR;
+    if ((v = mget(root, "dns")) != NULL && load_dns(ld, v) != CO_OK)
         return CO_ERROR;
     if ((v = mget(root, "clusters")) == NULL)
         return fail(ld, root, "missing required key \"clusters\", expected a list of clusters");

@@ -14,8 +14,8 @@ checked offline, in a few seconds, with what a Debian 12 machine has:
     Dockerfile: selectors, ports, probes, Secrets, volumes, PDB/HPA targets,
     Pod Security "restricted", termination timing.
   - Config: the ConfigMap's cutover.yaml through `$CUTOVER_BIN --check`
-    (endpoint host names swapped for 127.0.0.1 because the loader resolves
-    them and there is no DNS here; TLS paths pointed at a throw-away
+    (endpoint host names kept: the loader validates them and resolves them
+    only at run time; TLS paths pointed at a throw-away
     certificate). If the binary does not know `listen[].tls` yet, a copy
     without it is checked and a warning says so.
   - Dockerfile: stages, runtime packages (no -dev, and every shared library
@@ -579,12 +579,12 @@ def test_config_passes_cutover_check(config, tmp_path):
     assert os.access(CUTOVER_BIN, os.X_OK), f"{CUTOVER_BIN} not built (scripts/build.sh)"
     cfg = copy.deepcopy(config)
     notes = []
-    # The loader resolves endpoint names at load time; there is no DNS here.
+    # Endpoint names stay: --check validates them, the resolver runs only
+    # in the proxy (there is no DNS here, and none is needed).
     for c in cfg["clusters"]:
         for e in c["endpoints"]:
             host = e.rsplit(":", 1)[0]
             assert re.fullmatch(r"[A-Za-z0-9.-]+", host) and port_of(e) == 443, f"endpoint {e}: expected NAME:443"
-        c["endpoints"] = [f"127.0.0.1:{port_of(e)}" for e in c["endpoints"]]
     # Certificates: a throw-away pair in place of the mounted Secret.
     crt, key = str(tmp_path / "tls.crt"), str(tmp_path / "tls.key")
     r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",

@@ -4,8 +4,8 @@
  * address parsers and reference counting.
  *
  * Runs with tests/unit/config as the working directory (fixtures *.yaml).
- * Host names are resolved by a stub (stub_resolver) so no test waits on DNS;
- * one test uses the real getaddrinfo for "localhost" (/etc/hosts).
+ * config_load never resolves host names (proxy/health.c does, at run time),
+ * so no test here touches DNS.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,7 +15,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
-#include <netdb.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,47 +26,6 @@
 
 /* ------------------------------------------------------------------------- */
 /* Helpers */
-
-/* Names under .invalid never resolve; two.test has two addresses, dup.test
- * one address twice; anything else goes to the real resolver. */
-static int stub_resolver(const char *host, const char *service, const struct addrinfo *hints, struct addrinfo **res)
-{
-    size_t len = strlen(host);
-    struct addrinfo numeric = *hints;
-    numeric.ai_flags |= AI_NUMERICHOST;
-    if (len >= 8 && strcmp(host + len - 8, ".invalid") == 0)
-        return EAI_NONAME;
-    if (strcmp(host, "two.test") == 0 || strcmp(host, "dup.test") == 0) {
-        struct addrinfo *a = NULL, *b = NULL;
-        int rc = getaddrinfo("10.0.0.1", service, &numeric, &a);
-        if (rc != 0)
-            return rc;
-        rc = getaddrinfo(host[0] == 't' ? "fd00::1" : "10.0.0.1", service, &numeric, &b);
-        if (rc != 0) {
-            freeaddrinfo(a);
-            return rc;
-        }
-        struct addrinfo *tail = a;
-        while (tail->ai_next != NULL)
-            tail = tail->ai_next;
-        tail->ai_next = b; /* glibc frees each entry on its own */
-        *res = a;
-        return 0;
-    }
-    return getaddrinfo(host, service, hints, res);
-}
-
-static int setup(void **state)
-{
-    config_set_resolver(stub_resolver);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    config_set_resolver(NULL);
-    return 0;
-}
 
 static char err[1024];
 
@@ -210,12 +169,16 @@ static void full_config_every_field(void **state)
     assert_int_equal(aws->endpoints[1].n_addrs, 1);
     assert_int_equal(aws->endpoints[1].addrs[0].ss_family, AF_INET6);
     assert_int_equal(ntohs(((struct sockaddr_in6 *)&aws->endpoints[1].addrs[0])->sin6_port), 9002);
+    assert_false(aws->endpoints[0].dns);
+    assert_false(aws->endpoints[1].dns);
     assert_string_equal(aws->endpoints[2].name, "two.test:9003");
     assert_string_equal(aws->endpoints[2].host, "two.test");
-    assert_int_equal(aws->endpoints[2].n_addrs, 2);
-    assert_int_equal(aws->endpoints[2].addrs[0].ss_family, AF_INET);
-    assert_int_equal(aws->endpoints[2].addrs[1].ss_family, AF_INET6);
-    assert_int_equal(ntohs(((struct sockaddr_in *)&aws->endpoints[2].addrs[0])->sin_port), 9003);
+    assert_int_equal(aws->endpoints[2].port, 9003);
+    assert_true(aws->endpoints[2].dns);
+    assert_int_equal(aws->endpoints[2].n_addrs, 0);
+    assert_null(aws->endpoints[2].addrs);
+    assert_null(aws->endpoints[2].addr_lens);
+    assert_null(aws->endpoints[2].state);
     assert_string_equal(aws->host, "api.mmrv.example");
     assert_int_equal(aws->protocol, CLUSTER_PROTO_H1);
     assert_int_equal(aws->connect_timeout_ms, 2000);
@@ -331,32 +294,41 @@ static void admin_defaults_address(void **state)
     config_unref(cfg);
 }
 
-static void endpoint_localhost_real_resolver(void **state)
+/* Host names are kept as written and resolved at run time (proxy/health.c):
+ * loading never waits on DNS, and a name that does not resolve (yet) is no
+ * reason to refuse a config. */
+static void endpoint_names_not_resolved_at_load(void **state)
 {
-    config_set_resolver(NULL); /* getaddrinfo; "localhost" comes from /etc/hosts */
-    struct config *cfg = load_ok(LISTEN "clusters: [ { name: a, endpoints: [ localhost:9003 ] } ]\n" ROUTES);
-    config_set_resolver(stub_resolver);
-    const struct endpoint_conf *e = &cfg->clusters[0].endpoints[0];
-    assert_string_equal(e->host, "localhost");
-    assert_string_equal(e->name, "localhost:9003");
-    assert_int_equal(e->port, 9003);
-    assert_true(e->n_addrs >= 1);
-    for (size_t i = 0; i < e->n_addrs; i++) {
-        if (e->addrs[i].ss_family == AF_INET) {
-            const struct sockaddr_in *sin = (const struct sockaddr_in *)&e->addrs[i];
-            assert_int_equal(ntohl(sin->sin_addr.s_addr) >> 24, 127);
-            assert_int_equal(ntohs(sin->sin_port), 9003);
-        } else {
-            assert_int_equal(e->addrs[i].ss_family, AF_INET6);
-        }
+    struct config *cfg =
+        load_ok(LISTEN "clusters:\n"
+                       "  - name: a\n"
+                       "    endpoints: [ localhost:9003, backend.invalid:443, Api.Example.COM.:80, \"[::1]:81\" ]\n" ROUTES);
+    const struct cluster_conf *c = &cfg->clusters[0];
+    assert_int_equal(c->n_endpoints, 4);
+    static const struct {
+        const char *name, *host;
+        uint16_t port;
+    } want[] = {{"localhost:9003", "localhost", 9003},
+                {"backend.invalid:443", "backend.invalid", 443},
+                {"Api.Example.COM.:80", "Api.Example.COM.", 80}};
+    for (size_t i = 0; i < 3; i++) {
+        const struct endpoint_conf *e = &c->endpoints[i];
+        assert_string_equal(e->name, want[i].name);
+        assert_string_equal(e->host, want[i].host);
+        assert_int_equal(e->port, want[i].port);
+        assert_true(e->dns);
+        assert_int_equal(e->n_addrs, 0);
+        assert_null(e->addrs);
+        assert_null(e->addr_lens);
+        assert_null(e->state);
     }
-    config_unref(cfg);
-}
-
-static void endpoint_duplicate_addresses_merged(void **state)
-{
-    struct config *cfg = load_ok(LISTEN "clusters: [ { name: a, endpoints: [ dup.test:80 ] } ]\n" ROUTES);
-    assert_int_equal(cfg->clusters[0].endpoints[0].n_addrs, 1);
+    /* An IP literal has its one address and no DNS. */
+    const struct endpoint_conf *lit = &c->endpoints[3];
+    assert_false(lit->dns);
+    assert_int_equal(lit->n_addrs, 1);
+    assert_int_equal(lit->addrs[0].ss_family, AF_INET6);
+    assert_int_equal(lit->addr_lens[0], sizeof(struct sockaddr_in6));
+    assert_int_equal(ntohs(((struct sockaddr_in6 *)&lit->addrs[0])->sin6_port), 81);
     config_unref(cfg);
 }
 
@@ -419,6 +391,32 @@ static void file_valid_fixture(void **state)
     assert_string_equal(cfg->file, "valid.yaml");
     assert_int_equal(cfg->n_routes, 2);
     assert_string_equal(cfg->routes[1].name, "fallback");
+    config_unref(cfg);
+}
+
+static void file_new_keys_fixture(void **state)
+{
+    struct config *cfg = NULL;
+    if (config_load("new_keys.yaml", &cfg, err, sizeof(err)) != CO_OK)
+        fail_msg("new_keys.yaml: %s", err);
+    assert_int_equal(cfg->dns.n_nameservers, 2);
+    assert_string_equal(cfg->dns.nameservers[1], "[fd00::53]:53");
+    const struct cluster_conf *aws = config_find_cluster(cfg, "aws");
+    assert_non_null(aws);
+    assert_true(aws->endpoints[0].dns);
+    assert_false(aws->endpoints[1].dns);
+    assert_true(aws->health.enabled);
+    assert_int_equal(aws->health.expect_min, 200);
+    assert_int_equal(aws->health.expect_max, 299);
+    assert_int_equal(aws->max_connection_age_ms, 600000);
+    const struct route_conf *r = &cfg->routes[0];
+    assert_ptr_equal(r->mirror.cluster, config_find_cluster(cfg, "azure"));
+    assert_int_equal(r->mirror.share, 500);
+    assert_true(r->mirror.compare);
+    assert_true(r->ramp.enabled);
+    assert_int_equal(r->ramp.n_steps, 4);
+    assert_int_equal(r->ramp.steps[3], 10000);
+    assert_int_equal(r->ramp.gate.old_side_margin, 100);
     config_unref(cfg);
 }
 
@@ -534,7 +532,7 @@ static void error_is_one_line_and_escaped(void **state)
 {
     load_fails(BASE "\"wor\\nkers\": 1\n",
                "t.yaml:7:1: unknown key \"wor\\x0akers\" in the configuration, expected one of: workers, listen, admin, limits, "
-               "timeouts, clusters, routes");
+               "timeouts, dns, clusters, routes");
 }
 
 static void error_buffer_small_or_null(void **state)
@@ -554,7 +552,7 @@ static void error_buffer_small_or_null(void **state)
 static void unknown_top_level_key(void **state)
 {
     load_fails(BASE "listeners: []\n", "t.yaml:7:1: unknown key \"listeners\" in the configuration, expected one of: workers, "
-                                       "listen, admin, limits, timeouts, clusters, routes");
+                                       "listen, admin, limits, timeouts, dns, clusters, routes");
 }
 
 static void unknown_key_in_split_entry(void **state)
@@ -572,11 +570,12 @@ static void unknown_keys_everywhere(void **state)
     load_fails_at(BASE "timeouts: { connect: 1s }\n", "t.yaml:7:13: ", "unknown key \"connect\" in timeouts");
     load_fails_at("listen: [ { address: 127.0.0.1:1, tsl: {} } ]\n" CLUSTERS ROUTES,
                   "t.yaml:1:35: ", "unknown key \"tsl\" in listener, expected one of: address, tls");
-    load_fails_at("listen: [ { address: 127.0.0.1:1, tls: {} } ]\n" CLUSTERS ROUTES, "t.yaml:1:40: ",
-                  "missing required key \"certs\" in listener tls");
-    load_fails_at("listen: [ { address: 127.0.0.1:1, tls: { certs: [ { cert: /nonexistent.crt, key: /nonexistent.key } ] } } ]\n"
-                  CLUSTERS ROUTES,
-                  "t.yaml:1:49: ", "tls: cert /nonexistent.crt");
+    load_fails_at("listen: [ { address: 127.0.0.1:1, tls: {} } ]\n" CLUSTERS ROUTES,
+                  "t.yaml:1:40: ", "missing required key \"certs\" in listener tls");
+    load_fails_at(
+        "listen: [ { address: 127.0.0.1:1, tls: { certs: [ { cert: /nonexistent.crt, key: /nonexistent.key } ] } } ]\n" CLUSTERS
+            ROUTES,
+        "t.yaml:1:49: ", "tls: cert /nonexistent.crt");
     load_fails_at(LISTEN "clusters: [ { name: a, endpoint: [] } ]\n" ROUTES,
                   "t.yaml:2:24: ", "unknown key \"endpoint\" in cluster");
     load_fails_at(LISTEN CLUSTERS "routes: [ { name: r, spilt: [] } ]\n", "t.yaml:5:22: ", "unknown key \"spilt\" in route");
@@ -744,11 +743,36 @@ static void bad_endpoints(void **state)
 #undef ENDPOINT
 }
 
-static void endpoint_resolution_failure(void **state)
+/* Names that are no valid DNS name are still refused at load. */
+static void bad_endpoint_names_refused(void **state)
 {
-    load_fails(LISTEN "clusters:\n  - name: a\n    endpoints:\n      - 127.0.0.1:1\n      - backend.invalid:443\n" ROUTES,
-               "t.yaml:6:9: cannot resolve endpoint \"backend.invalid:443\": Name or service not known, expected a host name that "
-               "resolves");
+#define ENDPOINT(e) LISTEN "clusters:\n  - name: a\n    endpoints:\n      - 127.0.0.1:1\n      - " e "\n" ROUTES
+    static const char *const bad[] = {"-backend.example:443", "backend-.example:443",     "back..end:443",      "backend.123:443",
+                                      "\"back end:443\"",     "\"b\\u00e9.example:443\"", "\"a*.example:443\"", ".example:443"};
+    for (size_t i = 0; i < CO_ARRAY_SIZE(bad); i++) {
+        char yaml[512];
+        snprintf(yaml, sizeof(yaml), ENDPOINT("%s"), bad[i]);
+        load_fails_at(yaml, "t.yaml:6:9: ", "host is neither an IPv4 address nor a DNS name");
+    }
+    /* 64-character label, 254-character name */
+    char label[65], yaml[1024], name[300];
+    memset(label, 'a', 64);
+    label[64] = '\0';
+    snprintf(yaml, sizeof(yaml), ENDPOINT("%s.example:443"), label);
+    load_fails_at(yaml, "t.yaml:6:9: ", "host is neither an IPv4 address nor a DNS name");
+    memset(name, 'a', 254);
+    for (size_t i = 63; i < 254; i += 64)
+        name[i] = '.';
+    name[254] = '\0';
+    snprintf(yaml, sizeof(yaml), ENDPOINT("%s:443"), name);
+    load_fails_at(yaml, "t.yaml:6:9: ", "host is neither an IPv4 address nor a DNS name");
+    name[253] = '\0'; /* 253 is the limit */
+    snprintf(yaml, sizeof(yaml), ENDPOINT("%s:443"), name);
+    config_unref(load_ok(yaml));
+    load_fails(ENDPOINT("backend.example:0"),
+               "t.yaml:6:9: bad endpoint \"backend.example:0\": port must be a number in 1..65535, expected HOST:PORT such as "
+               "10.0.0.4:443, [::1]:8080 or api.example.com:443");
+#undef ENDPOINT
 }
 
 static void bad_durations_in_config(void **state)
@@ -894,6 +918,656 @@ static void override_cookie_only(void **state)
 static void admin_token_empty_rejected(void **state)
 {
     load_fails(BASE "admin: { token: \"\" }\n", "t.yaml:7:17: admin token is empty, expected a non-empty token (or no token key)");
+}
+
+/* ------------------------------------------------------------------------- */
+/* dns, cluster health / eject / max_connection_age, route failover / retry /
+ * mirror / ramp */
+
+/* Cluster a with `extra` on line 5 (column 5); cluster b on line 6; routes on 7-8. */
+#define CLUSTER_WITH(extra)                                                                                                        \
+    LISTEN "clusters:\n"                                                                                                           \
+           "  - name: a\n"                                                                                                         \
+           "    endpoints: [ 127.0.0.1:9001 ]\n"                                                                                   \
+           "    " extra "\n"                                                                                                       \
+           "  - { name: b, endpoints: [ 127.0.0.1:9002 ] }\n" ROUTES
+
+/* A route splitting 10/90 between a (the new side) and b, `extra` on line 8 (column 5). */
+#define RAMP_ROUTE(extra)                                                                                                          \
+    LISTEN CLUSTERS "routes:\n"                                                                                                    \
+                    "  - name: r\n"                                                                                                \
+                    "    split: [ { cluster: a, weight: 10 }, { cluster: b, weight: 90 } ]\n"                                      \
+                    "    " extra "\n"
+
+#define RAMP_HEAD "ramp: { start: 2026-12-01T09:00:00Z, "
+#define T_2026_12_01_0900 INT64_C(1796115600)
+
+static void new_keys_defaults(void **state)
+{
+    struct config *cfg = load_ok(BASE);
+    assert_null(cfg->dns.nameservers);
+    assert_int_equal(cfg->dns.n_nameservers, 0);
+    assert_int_equal(cfg->dns.min_ttl_ms, 5000);
+    assert_int_equal(cfg->dns.max_ttl_ms, 300000);
+    assert_int_equal(cfg->dns.timeout_ms, 2000);
+    for (size_t i = 0; i < cfg->n_clusters; i++) {
+        const struct cluster_conf *c = &cfg->clusters[i];
+        assert_false(c->health.enabled);
+        assert_string_equal(c->health.path, "/healthz");
+        assert_null(c->health.host);
+        assert_int_equal(c->health.interval_ms, 5000);
+        assert_int_equal(c->health.timeout_ms, 2000);
+        assert_int_equal(c->health.healthy, 2);
+        assert_int_equal(c->health.unhealthy, 3);
+        assert_int_equal(c->health.expect_min, 200);
+        assert_int_equal(c->health.expect_max, 399);
+        /* Passive ejection is on without an `eject:` key. */
+        assert_int_equal(c->eject.connect_failures, 3);
+        assert_int_equal(c->eject.consecutive_5xx, 5);
+        assert_int_equal(c->eject.duration_ms, 30000);
+        assert_int_equal(c->max_connection_age_ms, 600000);
+        assert_null(c->endpoints[0].state);
+    }
+    const struct route_conf *r = &cfg->routes[0];
+    assert_true(r->failover);
+    assert_int_equal(r->retry.attempts, 1);
+    assert_int_equal(r->retry.budget, 2000);
+    assert_int_equal(r->retry.max_body, 65536);
+    assert_null(r->mirror.cluster);
+    assert_int_equal(r->mirror.share, 10000);
+    assert_int_equal(r->mirror.max_body, 65536);
+    assert_false(r->mirror.compare);
+    assert_int_equal(r->mirror.max_in_flight, 64);
+    assert_false(r->ramp.enabled);
+    assert_null(r->ramp.steps);
+    assert_int_equal(r->ramp.n_steps, 0);
+    assert_false(r->ramp.gate.enabled);
+    assert_int_equal(r->ramp.gate.min_requests, 100);
+    assert_int_equal(r->ramp.gate.max_5xx, 10000);
+    assert_int_equal(r->ramp.gate.max_p99_ms, 0);
+    assert_false(r->ramp.gate.vs_old);
+    assert_int_equal(r->ramp.fingerprint, 0);
+    assert_null(r->ramp_state);
+    config_unref(cfg);
+}
+
+static void dns_forms(void **state)
+{
+    struct config *cfg = load_ok(BASE "dns:\n"
+                                      "  nameservers:\n"
+                                      "    - 10.0.0.2\n"
+                                      "    - 10.0.0.3:5353\n"
+                                      "    - \"[fd00::53]:53\"\n"
+                                      "    - fd00::54\n"
+                                      "  min_ttl: 1s\n"
+                                      "  max_ttl: 1h\n"
+                                      "  timeout: 500ms\n");
+    assert_int_equal(cfg->dns.n_nameservers, 4);
+    assert_string_equal(cfg->dns.nameservers[0], "10.0.0.2");
+    assert_string_equal(cfg->dns.nameservers[1], "10.0.0.3:5353");
+    assert_string_equal(cfg->dns.nameservers[2], "[fd00::53]:53");
+    assert_string_equal(cfg->dns.nameservers[3], "fd00::54");
+    assert_int_equal(cfg->dns.min_ttl_ms, 1000);
+    assert_int_equal(cfg->dns.max_ttl_ms, 3600000);
+    assert_int_equal(cfg->dns.timeout_ms, 500);
+    config_unref(cfg);
+
+    /* An empty list = the system's resolv.conf; equal TTL bounds are fine. */
+    cfg = load_ok(BASE "dns: { nameservers: [], min_ttl: 1m, max_ttl: 60s }\n");
+    assert_int_equal(cfg->dns.n_nameservers, 0);
+    assert_null(cfg->dns.nameservers);
+    assert_int_equal(cfg->dns.min_ttl_ms, 60000);
+    assert_int_equal(cfg->dns.max_ttl_ms, 60000);
+    assert_int_equal(cfg->dns.timeout_ms, 2000);
+    config_unref(cfg);
+
+    /* Sections whose keys are all optional may be written empty. */
+    cfg = load_ok(BASE "dns:\n");
+    assert_int_equal(cfg->dns.min_ttl_ms, 5000);
+    assert_int_equal(cfg->dns.max_ttl_ms, 300000);
+    config_unref(cfg);
+    cfg = load_ok(ROUTE_WITH("retry:"));
+    assert_int_equal(cfg->routes[0].retry.attempts, 1);
+    assert_int_equal(cfg->routes[0].retry.budget, 2000);
+    config_unref(cfg);
+    cfg = load_ok(CLUSTER_WITH("eject:"));
+    assert_int_equal(cfg->clusters[0].eject.connect_failures, 3);
+    config_unref(cfg);
+}
+
+static void dns_errors(void **state)
+{
+    static const char ns[] = ", expected IP, IP:PORT or [IPv6]:PORT such as 10.0.0.2, 10.0.0.2:53 or [fd00::53]:53";
+    char want[256];
+    snprintf(want, sizeof(want), "t.yaml:7:23: bad nameserver \"10.0.0.256\"%s", ns);
+    load_fails(BASE "dns: { nameservers: [ 10.0.0.256 ] }\n", want);
+    snprintf(want, sizeof(want), "t.yaml:7:23: bad nameserver \"dns.example\"%s", ns);
+    load_fails(BASE "dns: { nameservers: [ dns.example ] }\n", want);
+    snprintf(want, sizeof(want), "t.yaml:7:23: bad nameserver \"[fd00::53]\"%s", ns);
+    load_fails(BASE "dns: { nameservers: [ \"[fd00::53]\" ] }\n", want);
+    load_fails_at(BASE "dns: { nameservers: [ \"10.0.0.2:0\" ] }\n", "t.yaml:7:23: ", "bad nameserver \"10.0.0.2:0\"");
+    load_fails(BASE "dns: { nameservers: [ 10.0.0.2, \"10.0.0.2:53\" ] }\n",
+               "t.yaml:7:33: duplicate nameserver \"10.0.0.2:53\" (same as \"10.0.0.2\"), expected each nameserver once");
+    load_fails_at(BASE "dns: { nameservers: [ \"::1\", \"[0::1]:53\" ] }\n",
+                  "t.yaml:7:30: ", "duplicate nameserver \"[0::1]:53\" (same as \"::1\")");
+    load_fails(BASE "dns: { nameservers: 10.0.0.2 }\n",
+               "t.yaml:7:21: dns.nameservers is a scalar, expected a list of IP, IP:PORT or [IPv6]:PORT such as 10.0.0.2, "
+               "10.0.0.2:53 or [fd00::53]:53");
+    load_fails_at(BASE "dns:\n  nameservers: [ 10.0.0.1, 10.0.0.2, 10.0.0.3, 10.0.0.4, 10.0.0.5, 10.0.0.6, 10.0.0.7, 10.0.0.8,\n"
+                       "    10.0.0.9, 10.0.0.10, 10.0.0.11, 10.0.0.12, 10.0.0.13, 10.0.0.14, 10.0.0.15, 10.0.0.16, 10.0.0.17 ]\n",
+                  "t.yaml:8:16: ", "dns.nameservers has 17 entries, expected at most 16");
+    /* min_ttl <= max_ttl, reported at the key that was written (max_ttl when both were). */
+    load_fails(BASE "dns: { min_ttl: 10m }\n", "t.yaml:7:17: dns.min_ttl 10m is above dns.max_ttl 5m, expected min_ttl <= max_ttl");
+    load_fails(BASE "dns: { max_ttl: 2s }\n", "t.yaml:7:17: dns.min_ttl 5s is above dns.max_ttl 2s, expected min_ttl <= max_ttl");
+    load_fails(BASE "dns: { min_ttl: 2m, max_ttl: 1m }\n",
+               "t.yaml:7:30: dns.min_ttl 2m is above dns.max_ttl 1m, expected min_ttl <= max_ttl");
+    load_fails(BASE "dns: { timeout: 0s }\n",
+               "t.yaml:7:17: dns.timeout \"0s\" is out of range, expected a duration from 100ms to 1m");
+    load_fails(BASE "dns: { max_ttl: 8d }\n",
+               "t.yaml:7:17: dns.max_ttl \"8d\" is out of range, expected a duration from 1000ms to 7d");
+    load_fails(BASE "dns: { min_ttl: 5 }\n",
+               "t.yaml:7:17: dns.min_ttl \"5\" is not a duration, expected a duration such as 250ms, 5s, 2m, 1h or 30d");
+    load_fails(BASE "dns: [ 10.0.0.2 ]\n",
+               "t.yaml:7:6: dns is a list, expected a mapping with keys: nameservers, min_ttl, max_ttl, timeout");
+    load_fails(BASE "dns: { servers: [] }\n",
+               "t.yaml:7:8: unknown key \"servers\" in dns, expected one of: nameservers, min_ttl, max_ttl, timeout");
+}
+
+static void health_forms(void **state)
+{
+    struct config *cfg = load_ok(CLUSTER_WITH("health: {}"));
+    const struct health_conf *h = &cfg->clusters[0].health;
+    assert_true(h->enabled);
+    assert_string_equal(h->path, "/healthz");
+    assert_null(h->host);
+    assert_int_equal(h->interval_ms, 5000);
+    assert_int_equal(h->timeout_ms, 2000);
+    assert_int_equal(h->healthy, 2);
+    assert_int_equal(h->unhealthy, 3);
+    assert_int_equal(h->expect_min, 200);
+    assert_int_equal(h->expect_max, 399);
+    assert_false(cfg->clusters[1].health.enabled);
+    config_unref(cfg);
+
+    cfg = load_ok(CLUSTER_WITH("health:")); /* written empty, like `tls:` */
+    assert_true(cfg->clusters[0].health.enabled);
+    config_unref(cfg);
+
+    cfg = load_ok(CLUSTER_WITH("health: { path: \"/ready?deep=1\", host: api.example:8443, interval: 100ms, timeout: 99ms, "
+                               "healthy: 1, unhealthy: 100, expect: 204 }"));
+    h = &cfg->clusters[0].health;
+    assert_true(h->enabled);
+    assert_string_equal(h->path, "/ready?deep=1");
+    assert_string_equal(h->host, "api.example:8443");
+    assert_int_equal(h->interval_ms, 100);
+    assert_int_equal(h->timeout_ms, 99);
+    assert_int_equal(h->healthy, 1);
+    assert_int_equal(h->unhealthy, 100);
+    assert_int_equal(h->expect_min, 204);
+    assert_int_equal(h->expect_max, 204);
+    config_unref(cfg);
+
+    static const struct {
+        const char *expect;
+        uint16_t lo, hi;
+    } forms[] = {{"200-299", 200, 299}, {"\"200-204\"", 200, 204}, {"2xx", 200, 299}, {"5XX", 500, 599},
+                 {"1xx", 100, 199},     {"100-599", 100, 599},     {"599", 599, 599}, {"\"301\"", 301, 301}};
+    for (size_t i = 0; i < CO_ARRAY_SIZE(forms); i++) {
+        char yaml[512];
+        snprintf(yaml, sizeof(yaml), CLUSTER_WITH("health: { expect: %s, interval: 1h, timeout: 59m }"), forms[i].expect);
+        cfg = load_ok(yaml);
+        assert_int_equal(cfg->clusters[0].health.expect_min, forms[i].lo);
+        assert_int_equal(cfg->clusters[0].health.expect_max, forms[i].hi);
+        assert_int_equal(cfg->clusters[0].health.interval_ms, 3600000);
+        config_unref(cfg);
+    }
+}
+
+static void health_errors(void **state)
+{
+    load_fails(CLUSTER_WITH("health: { path: healthz }"),
+               "t.yaml:5:21: bad health.path \"healthz\", expected a path starting with / and without spaces");
+    load_fails_at(CLUSTER_WITH("health: { path: \"/a b\" }"), "t.yaml:5:21: ", "bad health.path \"/a b\"");
+    load_fails(CLUSTER_WITH("health: { host: \"a b\" }"),
+               "t.yaml:5:21: bad health.host \"a b\", expected a Host header value such as api.example.com");
+    load_fails(CLUSTER_WITH("health: { interval: 50ms }"),
+               "t.yaml:5:25: health.interval \"50ms\" is out of range, expected a duration from 100ms to 1h");
+    load_fails(CLUSTER_WITH("health: { interval: 2h }"),
+               "t.yaml:5:25: health.interval \"2h\" is out of range, expected a duration from 100ms to 1h");
+    load_fails(
+        CLUSTER_WITH("health: { timeout: 5s }"),
+        "t.yaml:5:24: health.timeout \"5s\" is not below health.interval (5s), expected a timeout shorter than the interval");
+    load_fails(
+        CLUSTER_WITH("health: { interval: 1s, timeout: 1s }"),
+        "t.yaml:5:38: health.timeout \"1s\" is not below health.interval (1s), expected a timeout shorter than the interval");
+    load_fails(CLUSTER_WITH("health: { interval: 2s }"),
+               "t.yaml:5:25: health.interval \"2s\" is not above health.timeout (2s by default), expected a longer interval or a "
+               "shorter health.timeout");
+    load_fails(CLUSTER_WITH("health: { healthy: 0 }"),
+               "t.yaml:5:24: health.healthy \"0\" is out of range, expected an integer in 1..100");
+    load_fails(CLUSTER_WITH("health: { unhealthy: 101 }"),
+               "t.yaml:5:26: health.unhealthy \"101\" is out of range, expected an integer in 1..100");
+    static const char expect_form[] =
+        ", expected a status such as 200, a range such as 200-299, or a class such as 2xx (statuses 100..599)";
+    char want[256];
+    snprintf(want, sizeof(want), "t.yaml:5:23: bad health.expect \"600\"%s", expect_form);
+    load_fails(CLUSTER_WITH("health: { expect: 600 }"), want);
+    static const char *const bad_expect[] = {"99",   "0200", "299-200", "200-600", "6xx",      "0xx", "2x",
+                                             "2xxx", "abc",  "200-",    "-299",    "200..299", "\"\""};
+    for (size_t i = 0; i < CO_ARRAY_SIZE(bad_expect); i++) {
+        char yaml[512];
+        snprintf(yaml, sizeof(yaml), CLUSTER_WITH("health: { expect: %s }"), bad_expect[i]);
+        load_fails_at(yaml, "t.yaml:5:23: ", "bad health.expect");
+    }
+    load_fails(CLUSTER_WITH("health: [ /healthz ]"),
+               "t.yaml:5:13: health is a list, expected a mapping with keys: path, host, interval, timeout, healthy, unhealthy, "
+               "expect");
+    load_fails(CLUSTER_WITH("health: { paht: /x }"),
+               "t.yaml:5:15: unknown key \"paht\" in health, expected one of: path, host, interval, timeout, healthy, unhealthy, "
+               "expect");
+}
+
+static void eject_forms_and_errors(void **state)
+{
+    struct config *cfg = load_ok(CLUSTER_WITH("eject: { connect_failures: 0, consecutive_5xx: 1000, duration: 1d }"));
+    const struct eject_conf *e = &cfg->clusters[0].eject;
+    assert_int_equal(e->connect_failures, 0); /* off */
+    assert_int_equal(e->consecutive_5xx, 1000);
+    assert_int_equal(e->duration_ms, 86400000);
+    assert_int_equal(cfg->clusters[1].eject.connect_failures, 3);
+    config_unref(cfg);
+    cfg = load_ok(CLUSTER_WITH("eject: { consecutive_5xx: 0 }"));
+    e = &cfg->clusters[0].eject;
+    assert_int_equal(e->connect_failures, 3);
+    assert_int_equal(e->consecutive_5xx, 0);
+    assert_int_equal(e->duration_ms, 30000);
+    config_unref(cfg);
+    cfg = load_ok(CLUSTER_WITH("eject: {}"));
+    assert_int_equal(cfg->clusters[0].eject.consecutive_5xx, 5);
+    config_unref(cfg);
+
+    load_fails(CLUSTER_WITH("eject: { connect_failures: 1001 }"),
+               "t.yaml:5:32: eject.connect_failures \"1001\" is out of range, expected an integer in 0..1000");
+    load_fails(CLUSTER_WITH("eject: { consecutive_5xx: -1 }"),
+               "t.yaml:5:31: eject.consecutive_5xx \"-1\" is not an integer, expected an integer in 0..1000");
+    load_fails(CLUSTER_WITH("eject: { duration: 500ms }"),
+               "t.yaml:5:24: eject.duration \"500ms\" is out of range, expected a duration from 1000ms to 1d");
+    load_fails(CLUSTER_WITH("eject: { duration: 2d }"),
+               "t.yaml:5:24: eject.duration \"2d\" is out of range, expected a duration from 1000ms to 1d");
+    load_fails(CLUSTER_WITH("eject: { after: 3 }"),
+               "t.yaml:5:14: unknown key \"after\" in eject, expected one of: connect_failures, consecutive_5xx, duration");
+    load_fails(CLUSTER_WITH("eject: true"),
+               "t.yaml:5:12: eject is a scalar, expected a mapping with keys: connect_failures, consecutive_5xx, duration");
+}
+
+static void max_connection_age_forms_and_errors(void **state)
+{
+    struct config *cfg = load_ok(CLUSTER_WITH("max_connection_age: 0s"));
+    assert_int_equal(cfg->clusters[0].max_connection_age_ms, 0); /* unlimited */
+    assert_int_equal(cfg->clusters[1].max_connection_age_ms, 600000);
+    config_unref(cfg);
+    cfg = load_ok(CLUSTER_WITH("max_connection_age: 1s"));
+    assert_int_equal(cfg->clusters[0].max_connection_age_ms, 1000);
+    config_unref(cfg);
+    cfg = load_ok(CLUSTER_WITH("max_connection_age: 30d"));
+    assert_int_equal(cfg->clusters[0].max_connection_age_ms, 30ull * 86400000);
+    config_unref(cfg);
+    load_fails(CLUSTER_WITH("max_connection_age: 500ms"),
+               "t.yaml:5:25: max_connection_age \"500ms\" is out of range, expected 0s (unlimited) or a duration from 1s to 30d");
+    load_fails(CLUSTER_WITH("max_connection_age: 31d"),
+               "t.yaml:5:25: max_connection_age \"31d\" is out of range, expected 0s (unlimited) or a duration from 1s to 30d");
+    load_fails(CLUSTER_WITH("max_connection_age: 10"),
+               "t.yaml:5:25: max_connection_age \"10\" is not a duration, expected a duration such as 250ms, 5s, 2m, 1h or 30d");
+}
+
+static void failover_forms(void **state)
+{
+    struct config *cfg = load_ok(ROUTE_WITH("failover: false"));
+    assert_false(cfg->routes[0].failover);
+    config_unref(cfg);
+    cfg = load_ok(ROUTE_WITH("failover: true"));
+    assert_true(cfg->routes[0].failover);
+    config_unref(cfg);
+    load_fails(ROUTE_WITH("failover: no"), "t.yaml:8:15: failover \"no\" is not a boolean, expected true or false");
+}
+
+static void retry_forms(void **state)
+{
+    struct config *cfg = load_ok(ROUTE_WITH("retry: { attempts: 0, budget: 12.5%, max_body: 1MiB }"));
+    const struct retry_conf *rt = &cfg->routes[0].retry;
+    assert_int_equal(rt->attempts, 0);
+    assert_int_equal(rt->budget, 1250);
+    assert_int_equal(rt->max_body, 1048576);
+    config_unref(cfg);
+    cfg = load_ok(ROUTE_WITH("retry: { attempts: 4 }"));
+    rt = &cfg->routes[0].retry;
+    assert_int_equal(rt->attempts, 4);
+    assert_int_equal(rt->budget, 2000);
+    assert_int_equal(rt->max_body, 65536);
+    config_unref(cfg);
+
+    static const struct {
+        const char *text;
+        uint64_t bytes;
+    } sizes[] = {{"0", 0}, {"1024", 1024}, {"64KiB", 65536}, {"16MiB", 16777216}, {"\"100\"", 100}, {"0KiB", 0}};
+    for (size_t i = 0; i < CO_ARRAY_SIZE(sizes); i++) {
+        char yaml[512];
+        snprintf(yaml, sizeof(yaml), ROUTE_WITH("retry: { max_body: %s, budget: 100 }"), sizes[i].text);
+        cfg = load_ok(yaml);
+        assert_int_equal(cfg->routes[0].retry.max_body, sizes[i].bytes);
+        assert_int_equal(cfg->routes[0].retry.budget, 10000);
+        config_unref(cfg);
+    }
+}
+
+static void retry_errors(void **state)
+{
+    load_fails(ROUTE_WITH("retry: { attempts: 5 }"),
+               "t.yaml:8:24: retry.attempts \"5\" is out of range, expected an integer in 0..4");
+    load_fails(ROUTE_WITH("retry: { budget: 101% }"),
+               "t.yaml:8:22: retry.budget \"101%\" is above 100%, expected a percentage from 0% to 100% with at most two decimals, "
+               "such as 20%, 0.5% or 100");
+    load_fails(ROUTE_WITH("retry: { budget: -1% }"),
+               "t.yaml:8:22: retry.budget \"-1%\" is not a percentage, expected a percentage from 0% to 100% with at most two "
+               "decimals, such as 20%, 0.5% or 100");
+    load_fails(ROUTE_WITH("retry: { max_body: 17MiB }"),
+               "t.yaml:8:24: retry.max_body \"17MiB\" is out of range, expected a size from 0 to 16MiB");
+    load_fails(ROUTE_WITH("retry: { max_body: 16777217 }"),
+               "t.yaml:8:24: retry.max_body \"16777217\" is out of range, expected a size from 0 to 16MiB");
+    static const char *const bad_sizes[] = {"64KB", "64kib", "1.5MiB", "\"64 KiB\"", "-1",
+                                            "KiB",  "64K",   "0x10",   "1TiB",       "99999999999999999999"};
+    for (size_t i = 0; i < CO_ARRAY_SIZE(bad_sizes); i++) {
+        char yaml[512];
+        snprintf(yaml, sizeof(yaml), ROUTE_WITH("retry: { max_body: %s }"), bad_sizes[i]);
+        load_fails_at(yaml, "t.yaml:8:24: ", "is not a size, expected a size in bytes such as 65536, 64KiB or 16MiB");
+    }
+    load_fails(ROUTE_WITH("retry: { tries: 1 }"),
+               "t.yaml:8:14: unknown key \"tries\" in retry, expected one of: attempts, budget, max_body");
+}
+
+static void mirror_forms(void **state)
+{
+    struct config *cfg = load_ok(ROUTE_WITH("mirror: { cluster: b }"));
+    const struct mirror_conf *mi = &cfg->routes[0].mirror;
+    assert_ptr_equal(mi->cluster, &cfg->clusters[1]);
+    assert_int_equal(mi->share, 10000);
+    assert_int_equal(mi->max_body, 65536);
+    assert_false(mi->compare);
+    assert_int_equal(mi->max_in_flight, 64);
+    config_unref(cfg);
+    /* Any cluster, including one of the split. */
+    cfg = load_ok(ROUTE_WITH("mirror: { cluster: a, percent: 0.05%, max_body: 0, compare: true, max_in_flight: 10000 }"));
+    mi = &cfg->routes[0].mirror;
+    assert_ptr_equal(mi->cluster, &cfg->clusters[0]);
+    assert_int_equal(mi->share, 5);
+    assert_int_equal(mi->max_body, 0);
+    assert_true(mi->compare);
+    assert_int_equal(mi->max_in_flight, 10000);
+    config_unref(cfg);
+    cfg = load_ok(ROUTE_WITH("mirror: { cluster: b, percent: 5, max_in_flight: 1 }"));
+    assert_int_equal(cfg->routes[0].mirror.share, 500);
+    assert_int_equal(cfg->routes[0].mirror.max_in_flight, 1);
+    config_unref(cfg);
+}
+
+static void mirror_errors(void **state)
+{
+    load_fails(ROUTE_WITH("mirror: { percent: 5 }"),
+               "t.yaml:8:13: missing required key \"cluster\" in mirror, expected cluster: NAME");
+    load_fails(ROUTE_WITH("mirror: { cluster: gcp }"), "t.yaml:8:24: unknown cluster \"gcp\" in mirror, expected one of: a, b");
+    load_fails_at(ROUTE_WITH("mirror: { cluster: b, percent: 150 }"), "t.yaml:8:36: ", "mirror.percent \"150\" is above 100%");
+    load_fails(ROUTE_WITH("mirror: { cluster: b, max_in_flight: 0 }"),
+               "t.yaml:8:42: mirror.max_in_flight \"0\" is out of range, expected an integer in 1..10000");
+    load_fails(ROUTE_WITH("mirror: { cluster: b, max_in_flight: 10001 }"),
+               "t.yaml:8:42: mirror.max_in_flight \"10001\" is out of range, expected an integer in 1..10000");
+    load_fails(ROUTE_WITH("mirror: { cluster: b, compare: yes }"),
+               "t.yaml:8:36: mirror.compare \"yes\" is not a boolean, expected true or false");
+    load_fails(ROUTE_WITH("mirror: { cluster: b, max_body: 1GiB }"),
+               "t.yaml:8:37: mirror.max_body \"1GiB\" is out of range, expected a size from 0 to 16MiB");
+    load_fails(ROUTE_WITH("mirror: b"),
+               "t.yaml:8:13: mirror is a scalar, expected a mapping with keys: cluster, percent, max_body, compare, max_in_flight");
+    load_fails(ROUTE_WITH("mirror: { cluster: b, share: 5 }"),
+               "t.yaml:8:27: unknown key \"share\" in mirror, expected one of: cluster, percent, max_body, compare, max_in_flight");
+}
+
+static void ramp_forms(void **state)
+{
+    struct config *cfg =
+        load_ok(RAMP_ROUTE("ramp:\n"
+                           "      start: 2026-12-01T09:00:00Z\n"
+                           "      steps: [ 10%, 10.5, 25.5%, 50, 100% ]\n"
+                           "      hold: 30m\n"
+                           "      gate: { min_requests: 200, max_5xx_ratio: 0.01, max_p99_ms: 800, old_side_margin: \"0.5%\" }"));
+    const struct ramp_conf *rp = &cfg->routes[0].ramp;
+    assert_true(rp->enabled);
+    assert_true(rp->start_s == T_2026_12_01_0900);
+    assert_int_equal(rp->n_steps, 5);
+    static const uint32_t want[] = {1000, 1050, 2550, 5000, 10000};
+    for (size_t i = 0; i < 5; i++)
+        assert_int_equal(rp->steps[i], want[i]);
+    assert_int_equal(rp->hold_ms, 1800000);
+    assert_true(rp->gate.enabled);
+    assert_int_equal(rp->gate.min_requests, 200);
+    assert_int_equal(rp->gate.max_5xx, 100);
+    assert_int_equal(rp->gate.max_p99_ms, 800);
+    assert_true(rp->gate.vs_old);
+    assert_int_equal(rp->gate.old_side_margin, 50);
+    assert_true(rp->fingerprint != 0);
+    assert_null(cfg->routes[0].ramp_state);
+    config_unref(cfg);
+
+    /* No gate: the defaults (judging nothing). A quoted start is fine too. */
+    cfg = load_ok(RAMP_ROUTE("ramp: { start: \"2026-12-01T09:00:00Z\", steps: [ 100 ], hold: 1s }"));
+    rp = &cfg->routes[0].ramp;
+    assert_true(rp->enabled);
+    assert_true(rp->start_s == T_2026_12_01_0900);
+    assert_int_equal(rp->n_steps, 1);
+    assert_int_equal(rp->steps[0], 10000);
+    assert_int_equal(rp->hold_ms, 1000);
+    assert_false(rp->gate.enabled);
+    assert_int_equal(rp->gate.min_requests, 100);
+    assert_int_equal(rp->gate.max_5xx, 10000);
+    assert_int_equal(rp->gate.max_p99_ms, 0);
+    assert_false(rp->gate.vs_old);
+    config_unref(cfg);
+
+    /* Gate forms: max_p99 as a duration, max_5xx_ratio as a percentage, empty gate. */
+    cfg =
+        load_ok(RAMP_ROUTE(RAMP_HEAD "steps: [ 50 ], hold: 1m, gate: { max_p99: 1s, max_5xx_ratio: 2.5%, old_side_margin: 0 } }"));
+    rp = &cfg->routes[0].ramp;
+    assert_int_equal(rp->gate.max_p99_ms, 1000);
+    assert_int_equal(rp->gate.max_5xx, 250);
+    assert_true(rp->gate.vs_old);
+    assert_int_equal(rp->gate.old_side_margin, 0);
+    config_unref(cfg);
+    cfg = load_ok(RAMP_ROUTE(RAMP_HEAD "steps: [ 50 ], hold: 1m, gate: {} }"));
+    assert_true(cfg->routes[0].ramp.gate.enabled);
+    assert_int_equal(cfg->routes[0].ramp.gate.min_requests, 100);
+    assert_int_equal(cfg->routes[0].ramp.gate.max_5xx, 10000);
+    config_unref(cfg);
+    static const struct {
+        const char *text;
+        uint32_t bp;
+    } ratios[] = {{"0", 0},          {"1", 10000},    {"0.5", 5000}, {"0.0001", 1},
+                  {"1.0000", 10000}, {"100%", 10000}, {"0.01%", 1},  {"\"0.25\"", 2500}};
+    for (size_t i = 0; i < CO_ARRAY_SIZE(ratios); i++) {
+        char yaml[512];
+        snprintf(yaml, sizeof(yaml), RAMP_ROUTE(RAMP_HEAD "steps: [ 50 ], hold: 1m, gate: { max_5xx_ratio: %s } }"),
+                 ratios[i].text);
+        cfg = load_ok(yaml);
+        assert_int_equal(cfg->routes[0].ramp.gate.max_5xx, ratios[i].bp);
+        config_unref(cfg);
+    }
+}
+
+static void ramp_first_step_and_written_share(void **state)
+{
+    /* a has 10 of 100: 10.00%; a first step of exactly that is fine. */
+    struct config *cfg = load_ok(RAMP_ROUTE(RAMP_HEAD "steps: [ 10, 10, 10 ], hold: 1m }"));
+    assert_int_equal(cfg->routes[0].ramp.n_steps, 3);
+    config_unref(cfg);
+    load_fails(RAMP_ROUTE(RAMP_HEAD "steps: [ 9.99%, 50 ], hold: 1m }"),
+               "t.yaml:8:51: first ramp step \"9.99%\" is below the written share of cluster \"a\" (10.00% from its weight), "
+               "expected a first step of at least that (a ramp only moves users to the new side)");
+    /* The share is floor(10000 * weight / total), as decide.c computes it: 1 of 3 = 33.33%. */
+    cfg = load_ok(LISTEN CLUSTERS "routes:\n  - name: r\n    split: [ { cluster: a, weight: 1 }, { cluster: b, weight: 2 } ]\n"
+                                  "    " RAMP_HEAD "steps: [ 33.33% ], hold: 1m }\n");
+    config_unref(cfg);
+    load_fails_at(
+        LISTEN CLUSTERS "routes:\n  - name: r\n    split: [ { cluster: a, weight: 1 }, { cluster: b, weight: 2 } ]\n"
+                        "    " RAMP_HEAD "steps: [ 33.32% ], hold: 1m }\n",
+        "t.yaml:8:51: ", "first ramp step \"33.32%\" is below the written share of cluster \"a\" (33.33% from its weight)");
+    /* A new side written at 0 may start anywhere. */
+    cfg = load_ok(LISTEN CLUSTERS "routes:\n  - name: r\n    split: [ { cluster: b, weight: 0 }, { cluster: a, weight: 1 } ]\n"
+                                  "    " RAMP_HEAD "steps: [ 0, 1 ], hold: 1m }\n");
+    assert_int_equal(cfg->routes[0].ramp.steps[0], 0);
+    config_unref(cfg);
+}
+
+static void ramp_errors(void **state)
+{
+    /* The split must have exactly two entries: reported at steps. */
+    load_fails(LISTEN "clusters:\n"
+                      "  - { name: a, endpoints: [ 127.0.0.1:9001 ] }\n"
+                      "  - { name: b, endpoints: [ 127.0.0.1:9002 ] }\n"
+                      "  - { name: c, endpoints: [ 127.0.0.1:9003 ] }\n"
+                      "routes:\n"
+                      "  - name: r\n"
+                      "    split: [ { cluster: a, weight: 1 }, { cluster: b, weight: 1 }, { cluster: c, weight: 1 } ]\n"
+                      "    ramp: { start: 2026-12-01T09:00:00Z, steps: [ 50 ], hold: 1m }\n",
+               "t.yaml:9:49: ramp on route \"r\" whose split has 3 entries, expected a split of exactly 2 clusters (the new side "
+               "first)");
+    load_fails_at(ROUTE_WITH(RAMP_HEAD "steps: [ 50 ], hold: 1m }"),
+                  "t.yaml:8:49: ", "ramp on route \"r\" whose split has 1 entries, expected a split of exactly 2 clusters");
+    load_fails(RAMP_ROUTE(RAMP_HEAD "steps: [ 10, 25, 20 ], hold: 1m }"),
+               "t.yaml:8:59: ramp step \"20\" is below the step before it (25.00%), expected non-decreasing steps");
+    load_fails(
+        RAMP_ROUTE(RAMP_HEAD "steps: [ 10, 101 ], hold: 1m }"),
+        "t.yaml:8:55: ramp step \"101\" is above 100%, expected a percentage from 0% to 100% with at most two decimals, such "
+        "as 20%, 0.5% or 100");
+    load_fails(RAMP_ROUTE(RAMP_HEAD "steps: [], hold: 1m }"),
+               "t.yaml:8:49: ramp.steps is an empty list, expected at least 1 percentages such as [5%, 25%, 100%]");
+    load_fails(RAMP_ROUTE(RAMP_HEAD "steps: 50, hold: 1m }"),
+               "t.yaml:8:49: ramp.steps is a scalar, expected a list of percentages such as [5%, 25%, 100%]");
+    char yaml[2048];
+    int n = snprintf(yaml, sizeof(yaml), "%s", RAMP_ROUTE(RAMP_HEAD "hold: 1m, steps: ["));
+    yaml[--n] = '\0'; /* drop the newline */
+    for (int i = 0; i < 65; i++)
+        n += snprintf(yaml + n, sizeof(yaml) - (size_t)n, "%s50", i ? ", " : " ");
+    snprintf(yaml + n, sizeof(yaml) - (size_t)n, " ] }\n");
+    load_fails(yaml, "t.yaml:8:59: ramp.steps has 65 entries, expected at most 64 percentages such as [5%, 25%, 100%]");
+    load_fails(RAMP_ROUTE("ramp: { steps: [ 50 ], hold: 1m }"),
+               "t.yaml:8:11: missing required key \"start\" in ramp, expected start: a UTC time such as 2026-12-01T09:00:00Z");
+    load_fails(
+        RAMP_ROUTE(RAMP_HEAD "hold: 1m }"),
+        "t.yaml:8:11: missing required key \"steps\" in ramp, expected steps: a list of percentages such as [5%, 25%, 100%]");
+    load_fails(RAMP_ROUTE(RAMP_HEAD "steps: [ 50 ] }"),
+               "t.yaml:8:11: missing required key \"hold\" in ramp, expected hold: the time on each step such as 30m");
+    load_fails(RAMP_ROUTE("ramp: { start: \"2026-12-01 09:00:00\", steps: [ 50 ], hold: 1m }"),
+               "t.yaml:8:20: ramp.start \"2026-12-01 09:00:00\" is not a valid time, expected a UTC time such as "
+               "2026-12-01T09:00:00Z");
+    static const char *const bad_start[] = {"2026-02-30T09:00:00Z",
+                                            "2026-12-01T09:00:00+01:00",
+                                            "2026-12-01T09:00:00.5Z",
+                                            "2026-12-01t09:00:00z",
+                                            "1969-12-31T23:59:59Z",
+                                            "2026-12-01T24:00:00Z",
+                                            "2026-12-01",
+                                            "1796115600"};
+    for (size_t i = 0; i < CO_ARRAY_SIZE(bad_start); i++) {
+        snprintf(yaml, sizeof(yaml), RAMP_ROUTE("ramp: { start: \"%s\", steps: [ 50 ], hold: 1m }"), bad_start[i]);
+        load_fails_at(yaml, "t.yaml:8:20: ", "is not a valid time, expected a UTC time such as 2026-12-01T09:00:00Z");
+    }
+    load_fails(RAMP_ROUTE(RAMP_HEAD "steps: [ 50 ], hold: 500ms }"),
+               "t.yaml:8:63: ramp.hold \"500ms\" is out of range, expected a duration from 1000ms to 30d");
+    load_fails(RAMP_ROUTE(RAMP_HEAD "steps: [ 50 ], hold: 1m, gate: { max_p99: 1s, max_p99_ms: 800 } }"),
+               "t.yaml:8:73: gate has both max_p99 and max_p99_ms, expected at most one of them");
+    load_fails(RAMP_ROUTE(RAMP_HEAD "steps: [ 50 ], hold: 1m, gate: { max_5xx_ratio: 1.5 } }"),
+               "t.yaml:8:90: gate.max_5xx_ratio \"1.5\" is out of range, expected a ratio from 0 to 1 such as 0.01 (at most four "
+               "decimals), or a percentage such as 1%");
+    load_fails_at(RAMP_ROUTE(RAMP_HEAD "steps: [ 50 ], hold: 1m, gate: { max_5xx_ratio: 5 } }"),
+                  "t.yaml:8:90: ", "gate.max_5xx_ratio \"5\" is out of range");
+    load_fails(
+        RAMP_ROUTE(RAMP_HEAD "steps: [ 50 ], hold: 1m, gate: { max_5xx_ratio: 0.00001 } }"),
+        "t.yaml:8:90: gate.max_5xx_ratio \"0.00001\" is not a ratio, expected a ratio from 0 to 1 such as 0.01 (at most four "
+        "decimals), or a percentage such as 1%");
+    static const char *const bad_ratio[] = {"-0.1", ".5", "1.", "abc", "0.5%%", "0.001%", "1e-2", "\"\""};
+    for (size_t i = 0; i < CO_ARRAY_SIZE(bad_ratio); i++) {
+        snprintf(yaml, sizeof(yaml), RAMP_ROUTE(RAMP_HEAD "steps: [ 50 ], hold: 1m, gate: { max_5xx_ratio: %s } }"), bad_ratio[i]);
+        load_fails_at(yaml, "t.yaml:8:90: ", "gate.max_5xx_ratio");
+    }
+    load_fails_at(RAMP_ROUTE(RAMP_HEAD "steps: [ 50 ], hold: 1m, gate: { max_5xx_ratio: 101% } }"),
+                  "t.yaml:8:90: ", "gate.max_5xx_ratio \"101%\" is out of range");
+    load_fails(RAMP_ROUTE(RAMP_HEAD "steps: [ 50 ], hold: 1m, gate: { min_requests: 0 } }"),
+               "t.yaml:8:89: gate.min_requests \"0\" is out of range, expected an integer in 1..1000000000");
+    load_fails(RAMP_ROUTE(RAMP_HEAD "steps: [ 50 ], hold: 1m, gate: { old_side_margin: 2%, max_p99_ms: 1h } }"),
+               "t.yaml:8:108: gate.max_p99_ms \"1h\" is not an integer, expected an integer in 0..3600000");
+    load_fails(RAMP_ROUTE(RAMP_HEAD "steps: [ 50 ], hold: 1m, gate: { max_5xx: 1% } }"),
+               "t.yaml:8:75: unknown key \"max_5xx\" in ramp gate, expected one of: min_requests, max_5xx_ratio, max_p99, "
+               "max_p99_ms, old_side_margin");
+    load_fails(RAMP_ROUTE("ramp: { begin: 2026-12-01T09:00:00Z }"),
+               "t.yaml:8:13: unknown key \"begin\" in ramp, expected one of: start, steps, hold, gate");
+    load_fails(RAMP_ROUTE("ramp: []"), "t.yaml:8:11: ramp is a list, expected a mapping with keys: start, steps, hold, gate");
+}
+
+static uint64_t ramp_fingerprint_of(const char *yaml)
+{
+    struct config *cfg = load_ok(yaml);
+    assert_true(cfg->routes[0].ramp.enabled);
+    uint64_t fp = cfg->routes[0].ramp.fingerprint;
+    config_unref(cfg);
+    return fp;
+}
+
+static void ramp_fingerprint(void **state)
+{
+#define FP_ROUTE(split, ramp) LISTEN CLUSTERS "routes:\n  - name: r\n    split: " split "\n    ramp: " ramp "\n"
+#define SPLIT_10_90 "[ { cluster: a, weight: 10 }, { cluster: b, weight: 90 } ]"
+#define RAMP_BASE "{ start: 2026-12-01T09:00:00Z, steps: [ 10, 50, 100 ], hold: 30m, gate: { max_5xx_ratio: 0.01 } }"
+    uint64_t base = ramp_fingerprint_of(FP_ROUTE(SPLIT_10_90, RAMP_BASE));
+    /* The same ramp, written differently, in another snapshot. */
+    assert_true(ramp_fingerprint_of(FP_ROUTE(SPLIT_10_90, "{ hold: 1800s, steps: [ 10%, 50.00, 100 ], gate: { max_5xx_ratio: 1% }, "
+                                                          "start: \"2026-12-01T09:00:00Z\" }")) == base);
+    /* Anything else that defines the ramp changes it. */
+    static const char *const changed[] = {
+        FP_ROUTE(SPLIT_10_90, "{ start: 2026-12-01T09:00:00Z, steps: [ 10, 60, 100 ], hold: 30m, gate: { max_5xx_ratio: 0.01 } }"),
+        FP_ROUTE(SPLIT_10_90, "{ start: 2026-12-01T09:00:00Z, steps: [ 10, 50 ], hold: 30m, gate: { max_5xx_ratio: 0.01 } }"),
+        FP_ROUTE(SPLIT_10_90, "{ start: 2026-12-01T09:00:01Z, steps: [ 10, 50, 100 ], hold: 30m, gate: { max_5xx_ratio: 0.01 } }"),
+        FP_ROUTE(SPLIT_10_90, "{ start: 2026-12-01T09:00:00Z, steps: [ 10, 50, 100 ], hold: 31m, gate: { max_5xx_ratio: 0.01 } }"),
+        FP_ROUTE(SPLIT_10_90, "{ start: 2026-12-01T09:00:00Z, steps: [ 10, 50, 100 ], hold: 30m, gate: { max_5xx_ratio: 0.02 } }"),
+        FP_ROUTE(SPLIT_10_90, "{ start: 2026-12-01T09:00:00Z, steps: [ 10, 50, 100 ], hold: 30m }"),
+        FP_ROUTE(SPLIT_10_90, "{ start: 2026-12-01T09:00:00Z, steps: [ 10, 50, 100 ], hold: 30m, gate: { max_5xx_ratio: 0.01, "
+                              "min_requests: 101 } }"),
+        FP_ROUTE(SPLIT_10_90, "{ start: 2026-12-01T09:00:00Z, steps: [ 10, 50, 100 ], hold: 30m, gate: { max_5xx_ratio: 0.01, "
+                              "max_p99_ms: 1 } }"),
+        FP_ROUTE(SPLIT_10_90, "{ start: 2026-12-01T09:00:00Z, steps: [ 10, 50, 100 ], hold: 30m, gate: { max_5xx_ratio: 0.01, "
+                              "old_side_margin: 0 } }"),
+        FP_ROUTE("[ { cluster: a, weight: 1 }, { cluster: b, weight: 9 } ]", RAMP_BASE),
+        FP_ROUTE("[ { cluster: a, weight: 10 }, { cluster: b, weight: 91 } ]", RAMP_BASE),
+        FP_ROUTE("[ { cluster: b, weight: 10 }, { cluster: a, weight: 90 } ]", RAMP_BASE),
+    };
+    for (size_t i = 0; i < CO_ARRAY_SIZE(changed); i++)
+        if (ramp_fingerprint_of(changed[i]) == base)
+            fail_msg("fingerprint unchanged for: %s", changed[i]);
+    /* Two routes with the same ramp and split share a fingerprint. */
+    struct config *cfg = load_ok(LISTEN CLUSTERS "routes:\n"
+                                                 "  - { name: r1, split: " SPLIT_10_90 ", ramp: " RAMP_BASE " }\n"
+                                                 "  - { name: r2, split: " SPLIT_10_90 ", ramp: " RAMP_BASE " }\n");
+    assert_true(cfg->routes[0].ramp.fingerprint == base);
+    assert_true(cfg->routes[1].ramp.fingerprint == base);
+    config_unref(cfg);
+#undef FP_ROUTE
+#undef SPLIT_10_90
+#undef RAMP_BASE
+}
+
+static void new_keys_in_unknown_key_lists(void **state)
+{
+    load_fails(CLUSTER_WITH("healthcheck: {}"),
+               "t.yaml:5:5: unknown key \"healthcheck\" in cluster, expected one of: name, endpoints, host, protocol, "
+               "connect_timeout, first_byte_timeout, idle_timeout, max_idle, tls, health, eject, max_connection_age");
+    load_fails(ROUTE_WITH("retries: {}"), "t.yaml:8:5: unknown key \"retries\" in route, expected one of: name, match, split, "
+                                          "sticky, override, failover, retry, mirror, ramp");
 }
 
 /* ------------------------------------------------------------------------- */
@@ -1092,6 +1766,119 @@ static void parse_address_invalid(void **state)
     assert_int_equal(config_parse_address(NULL, &a), CO_ERROR);
 }
 
+static void parse_percent_valid(void **state)
+{
+    static const struct {
+        const char *s;
+        uint32_t bp;
+    } ok[] = {{"20%", 2000},   {"20", 2000},    {"0.5%", 50}, {"100%", 10000}, {"100", 10000},     {"0", 0},      {"0%", 0},
+              {"12.5%", 1250}, {"12.50", 1250}, {"0.01%", 1}, {"99.99", 9999}, {"100.00%", 10000}, {"007%", 700}, {"33.33%", 3333}};
+    for (size_t i = 0; i < CO_ARRAY_SIZE(ok); i++) {
+        uint32_t bp = 77777;
+        if (config_parse_percent(ok[i].s, &bp) != CO_OK)
+            fail_msg("\"%s\" was refused", ok[i].s);
+        if (bp != ok[i].bp)
+            fail_msg("\"%s\" gave %u, expected %u", ok[i].s, bp, ok[i].bp);
+    }
+    assert_int_equal(config_parse_percent("50%", NULL), CO_OK);
+}
+
+static void parse_percent_invalid(void **state)
+{
+    static const char *const bad[] = {"",
+                                      "%",
+                                      "-1%",
+                                      "-0",
+                                      "+5%",
+                                      "100.01%",
+                                      "101",
+                                      "1000%",
+                                      "5%%",
+                                      "0.001",
+                                      "0.005%",
+                                      ".5%",
+                                      "5.%",
+                                      "5 %",
+                                      " 5%",
+                                      "5% ",
+                                      "5.5.5",
+                                      "1e2",
+                                      "0x10",
+                                      "five",
+                                      "50%x",
+                                      "½%",
+                                      "99999999999999999999999%",
+                                      "18446744073709551616"};
+    for (size_t i = 0; i < CO_ARRAY_SIZE(bad); i++) {
+        uint32_t bp = 777;
+        if (config_parse_percent(bad[i], &bp) != CO_ERROR)
+            fail_msg("\"%s\" was accepted", bad[i]);
+        assert_int_equal(bp, 777);
+    }
+    assert_int_equal(config_parse_percent(NULL, NULL), CO_ERROR);
+}
+
+static void parse_time_valid(void **state)
+{
+    static const struct {
+        const char *s;
+        int64_t t;
+    } ok[] = {{"2026-12-01T09:00:00Z", INT64_C(1796115600)},
+              {"1970-01-01T00:00:00Z", 0},
+              {"2024-02-29T23:59:59Z", INT64_C(1709251199)},
+              {"2000-01-01T00:00:00Z", INT64_C(946684800)},
+              {"9999-12-31T23:59:59Z", INT64_C(253402300799)}};
+    for (size_t i = 0; i < CO_ARRAY_SIZE(ok); i++) {
+        int64_t t = -1;
+        if (config_parse_time(ok[i].s, &t) != CO_OK)
+            fail_msg("\"%s\" was refused", ok[i].s);
+        if (t != ok[i].t)
+            fail_msg("\"%s\" gave %" PRId64 ", expected %" PRId64, ok[i].s, t, ok[i].t);
+    }
+    assert_int_equal(config_parse_time("2026-12-01T09:00:00Z", NULL), CO_OK);
+}
+
+static void parse_time_invalid(void **state)
+{
+    static const char *const bad[] = {"",
+                                      "2026-12-01",
+                                      "2026-12-01T09:00Z",
+                                      "2026-12-01T09:00:00",
+                                      "2026-12-01T09:00:00z",
+                                      "2026-12-01t09:00:00Z",
+                                      "2026-12-01 09:00:00Z",
+                                      "2026-12-01T09:00:00+00:00",
+                                      "2026-12-01T09:00:00.000Z",
+                                      "2026-12-01T09:00:00.5Z",
+                                      "2026-13-01T09:00:00Z",
+                                      "2026-00-01T09:00:00Z",
+                                      "2026-12-00T09:00:00Z",
+                                      "2026-12-32T09:00:00Z",
+                                      "2026-02-29T09:00:00Z",
+                                      "2026-04-31T09:00:00Z",
+                                      "2100-02-29T09:00:00Z",
+                                      "2026-12-01T24:00:00Z",
+                                      "2026-12-01T09:60:00Z",
+                                      "2026-12-01T09:00:60Z",
+                                      "1969-12-31T23:59:59Z",
+                                      "0000-01-01T00:00:00Z",
+                                      "26-12-01T09:00:00Z",
+                                      "+2026-12-01T09:00:00Z",
+                                      "2026-1-01T09:00:00Z",
+                                      "2026-12-01T9:00:00Z",
+                                      "2026-12-01T09:00:00Z ",
+                                      " 2026-12-01T09:00:00Z",
+                                      "2026/12/01T09:00:00Z",
+                                      "1796115600"};
+    for (size_t i = 0; i < CO_ARRAY_SIZE(bad); i++) {
+        int64_t t = 777;
+        if (config_parse_time(bad[i], &t) != CO_ERROR)
+            fail_msg("\"%s\" was accepted", bad[i]);
+        assert_int_equal(t, 777);
+    }
+    assert_int_equal(config_parse_time(NULL, NULL), CO_ERROR);
+}
+
 /* ------------------------------------------------------------------------- */
 /* Lifetime */
 
@@ -1141,10 +1928,10 @@ int main(void)
         cmocka_unit_test(minimal_config_defaults),
         cmocka_unit_test(workers_auto_and_number),
         cmocka_unit_test(admin_defaults_address),
-        cmocka_unit_test(endpoint_localhost_real_resolver),
-        cmocka_unit_test(endpoint_duplicate_addresses_merged),
+        cmocka_unit_test(endpoint_names_not_resolved_at_load),
         cmocka_unit_test(demo_yaml_loads),
         cmocka_unit_test(file_valid_fixture),
+        cmocka_unit_test(file_new_keys_fixture),
         cmocka_unit_test(file_error_names_file_line_column),
         cmocka_unit_test(file_missing),
         cmocka_unit_test(file_is_directory),
@@ -1178,7 +1965,7 @@ int main(void)
         cmocka_unit_test(duplicate_listener_addresses),
         cmocka_unit_test(bad_listen_addresses),
         cmocka_unit_test(bad_endpoints),
-        cmocka_unit_test(endpoint_resolution_failure),
+        cmocka_unit_test(bad_endpoint_names_refused),
         cmocka_unit_test(bad_durations_in_config),
         cmocka_unit_test(bad_integers_in_config),
         cmocka_unit_test(bad_protocol),
@@ -1191,6 +1978,23 @@ int main(void)
         cmocka_unit_test(override_errors),
         cmocka_unit_test(override_cookie_only),
         cmocka_unit_test(admin_token_empty_rejected),
+        cmocka_unit_test(new_keys_defaults),
+        cmocka_unit_test(dns_forms),
+        cmocka_unit_test(dns_errors),
+        cmocka_unit_test(health_forms),
+        cmocka_unit_test(health_errors),
+        cmocka_unit_test(eject_forms_and_errors),
+        cmocka_unit_test(max_connection_age_forms_and_errors),
+        cmocka_unit_test(failover_forms),
+        cmocka_unit_test(retry_forms),
+        cmocka_unit_test(retry_errors),
+        cmocka_unit_test(mirror_forms),
+        cmocka_unit_test(mirror_errors),
+        cmocka_unit_test(ramp_forms),
+        cmocka_unit_test(ramp_first_step_and_written_share),
+        cmocka_unit_test(ramp_errors),
+        cmocka_unit_test(ramp_fingerprint),
+        cmocka_unit_test(new_keys_in_unknown_key_lists),
         cmocka_unit_test(env_substitution),
         cmocka_unit_test(env_substitution_not_in_keys_nor_recursive),
         cmocka_unit_test(env_missing_variable),
@@ -1201,9 +2005,13 @@ int main(void)
         cmocka_unit_test(parse_duration_invalid),
         cmocka_unit_test(parse_address_valid),
         cmocka_unit_test(parse_address_invalid),
+        cmocka_unit_test(parse_percent_valid),
+        cmocka_unit_test(parse_percent_invalid),
+        cmocka_unit_test(parse_time_valid),
+        cmocka_unit_test(parse_time_invalid),
         cmocka_unit_test(refcount),
         cmocka_unit_test(find_cluster),
         cmocka_unit_test(reload_gives_independent_snapshots),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }
