@@ -25,7 +25,7 @@ cleanup() {
 trap cleanup INT TERM EXIT
 
 ./build/mock-upstream --listen 127.0.0.1:9001 --name aws >/dev/null & pids="$pids $!"
-./build/mock-upstream --listen 127.0.0.1:9002 --name azure >/dev/null & pids="$pids $!"
+./build/mock-upstream --listen 127.0.0.1:9002 --name azure >/dev/null & pids="$pids $!"; azure_pid=$!
 ./build/cutover -c config/examples/demo.yaml >/tmp/cutover-demo-access.log & pids="$pids $!"
 
 # Wait (bounded) until the proxy answers.
@@ -58,6 +58,11 @@ Try:
   curl -s --http2 --cacert $CUTOVER_DEMO_TLS_DIR/demo.crt https://localhost:8443/ -w ' (HTTP/%{http_version})\n'
   # HTTP/2 without TLS (prior knowledge)
   curl -s --http2-prior-knowledge http://127.0.0.1:8080/
+
+  # failover: stop the azure stand-in; within a few seconds every request is
+  # served by aws (decision "failover" in the access log), none fails
+  kill -STOP $azure_pid; sleep 8; for i in \$(seq 20); do curl -s http://127.0.0.1:8080/; done | sort | uniq -c
+  curl -s http://127.0.0.1:9901/status | grep -o '"usable":[a-z]*' ; kill -CONT $azure_pid
 
   # what the proxy sees
   curl -s http://127.0.0.1:9901/metrics | grep -E 'cutover_(requests|decisions|override)'
