@@ -240,6 +240,8 @@ const char *stream_via(const struct stream *s)
 
 void stream_up_count(struct worker *w, struct stream *s, enum up_counter which)
 {
+    if (s && s->shadow)
+        return; /* mirror copies have their own counters (mirror_failed) */
     struct cluster_stats *cs = s ? s->cstats : NULL;
     switch (which) {
     case UPC_CONNECT_ERROR:
@@ -585,10 +587,11 @@ void stream_up_failed(struct stream *s, int status, const char *why, enum up_fai
         upstream_start(s, true);
         return;
     }
-    if (kind == UPF_FATAL || s->shadow)
+    /* Mirror copies are counted (cutover_mirror_requests_total{result="failed"}), not logged one by one. */
+    if (!s->shadow && kind == UPF_FATAL)
         log_warn("request %s to cluster %s endpoint %s: %s; answering %d", s->request_id, s->cluster->name, s->endpoint, why,
                  s->resp_started ? 0 : status);
-    else
+    else if (!s->shadow)
         log_warn("request %s to cluster %s endpoint %s: %s; answering %d (not retried: %s)", s->request_id, s->cluster->name,
                  s->endpoint, why, s->resp_started ? 0 : status, no);
     s->t_up_end_us = co_now_us();
