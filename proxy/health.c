@@ -43,9 +43,10 @@
 
 /* A probe response head larger than this is a failed probe. */
 #define PROBE_MAX_HEAD 65536
-/* The first probe of an endpoint runs within this share of the interval
- * (capped at 1 s) after it appears, so probes of many endpoints spread out. */
-#define PROBE_FIRST_SPREAD_MS 1000
+/* The first probe of an endpoint (and the first after a new interval) runs
+ * within a quarter of the interval, at most this long, after it appears:
+ * soon, but spread out over many endpoints. */
+#define PROBE_FIRST_SPREAD_MS 250
 
 enum probe_phase {
     PROBE_IDLE,
@@ -98,8 +99,8 @@ struct dns_state {
     struct dns_query q[2]; /* A, AAAA */
     int pending;           /* answers still to come */
     bool in_flight;
-    bool first_done; /* had a first answer or failure (health_settle) */
-    bool failing;    /* the last lookup failed (logged once per streak) */
+    bool first_done;     /* had a first answer or failure (health_settle) */
+    bool failing;        /* the last lookup failed (logged once per streak) */
     struct event *timer; /* next lookup */
     uint64_t lookups_ok, lookups_failed;
 };
@@ -547,6 +548,13 @@ static void on_h2_read(struct bufferevent *bev, void *arg)
     h2_after(p);
 }
 
+/* A header field for nghttp2_submit_request (which copies name and value). */
+static nghttp2_nv h2_nv(const char *name, const char *value)
+{
+    nghttp2_nv nv = {(uint8_t *)name, (uint8_t *)value, strlen(name), strlen(value), NGHTTP2_NV_FLAG_NONE};
+    return nv;
+}
+
 static void h2_send(struct health_probe *p, bool tls)
 {
     nghttp2_session_callbacks *cbs;
@@ -566,13 +574,8 @@ static void h2_send(struct health_probe *p, bool tls)
     const char *host = probe_host(p->st, p->cl);
     const char *path = p->cl->health.path;
     const char *scheme = tls ? "https" : "http";
-#define NV(n, v)                                                                                                                 \
-    {                                                                                                                            \
-        (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE \
-    }
-    nghttp2_nv nva[] = {NV(":method", "GET"), NV(":scheme", scheme), NV(":authority", host), NV(":path", path),
-                        NV("user-agent", "cutover-health")};
-#undef NV
+    nghttp2_nv nva[] = {h2_nv(":method", "GET"), h2_nv(":scheme", scheme), h2_nv(":authority", host), h2_nv(":path", path),
+                        h2_nv("user-agent", "cutover-health")};
     p->stream_id = nghttp2_submit_request(p->ngh, NULL, nva, CO_ARRAY_SIZE(nva), NULL, p);
     if (p->stream_id < 0) {
         probe_fail(p, "cannot submit the HTTP/2 probe request: %s", nghttp2_strerror(p->stream_id));
@@ -652,7 +655,7 @@ static void on_probe_timer(evutil_socket_t fd, short what, void *arg)
 
 static void probe_arm_first(struct health_probe *p, uint64_t interval_ms)
 {
-    uint64_t spread = interval_ms < PROBE_FIRST_SPREAD_MS ? interval_ms / 4 : PROBE_FIRST_SPREAD_MS / 4;
+    uint64_t spread = interval_ms / 4 < PROBE_FIRST_SPREAD_MS ? interval_ms / 4 : PROBE_FIRST_SPREAD_MS;
     p->interval_ms = interval_ms;
     struct timeval tv = ms_tv(jitter(p->h, spread + 1));
     event_add(p->timer, &tv);
@@ -691,8 +694,13 @@ static void on_dns_timer(evutil_socket_t fd, short what, void *arg)
     dns_lookup(arg);
 }
 
+/* A question evdns did not accept (no nameserver, a name too long). */
+#define DNS_NOT_ASKED (-1)
+
 static const char *dns_err_text(int err)
 {
+    if (err == DNS_NOT_ASKED)
+        return "not asked (no nameserver, or the name is not valid)";
     /* evdns reports a SERVFAIL as a timeout once its attempts are used up. */
     if (err == DNS_ERR_TIMEOUT)
         return "no answer (timed out or SERVFAIL)";
@@ -750,7 +758,8 @@ static void dns_finish(struct dns_state *ds)
         }
     }
     char why[160];
-    snprintf(why, sizeof(why), "%s: A %s, AAAA %s", st->host, ds->q[0].err == DNS_ERR_NONE ? "no records" : dns_err_text(ds->q[0].err),
+    snprintf(why, sizeof(why), "%s: A %s, AAAA %s", st->host,
+             ds->q[0].err == DNS_ERR_NONE ? "no records" : dns_err_text(ds->q[0].err),
              ds->q[1].err == DNS_ERR_NONE ? "no records" : dns_err_text(ds->q[1].err));
     if (!answered) {
         ds->lookups_failed++;
@@ -837,7 +846,7 @@ static void dns_lookup(struct dns_state *ds)
     int flags = strchr(ds->st->host, '.') ? DNS_QUERY_NO_SEARCH : 0;
     for (int k = 0; k < 2; k++) {
         struct dns_query *q = &ds->q[k];
-        q->err = DNS_ERR_UNKNOWN;
+        q->err = DNS_NOT_ASKED;
         q->n = 0;
         q->ttl = 0;
         q->req = NULL;
@@ -914,6 +923,17 @@ static void entry_free(struct ep_state *st)
     free(st);
 }
 
+/* evdns diagnostics into cutover's log. It passes its debug chatter here
+ * too, at the same "not a warning" level as the nameserver state changes;
+ * only the latter are worth a line. */
+static void on_evdns_log(int is_warn, const char *msg)
+{
+    if (is_warn)
+        log_warn("DNS: %s", msg);
+    else if (strncmp(msg, "Nameserver", 10) == 0 || strncmp(msg, "All nameservers", 15) == 0)
+        log_info("DNS: %s", msg);
+}
+
 static void set_dns_options(struct health *h, uint64_t timeout_ms)
 {
     /* Two tries per question within dns.timeout (evdns retransmits after a
@@ -932,6 +952,7 @@ struct health *health_new(struct event_base *base, const struct config *cfg, cha
     h->rng = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ health_now_ms() ^ 0x9E3779B97F4A7C15ULL;
     h->min_ttl_ms = cfg->dns.min_ttl_ms;
     h->max_ttl_ms = cfg->dns.max_ttl_ms;
+    evdns_set_log_fn(on_evdns_log); /* process-wide; this is the only resolver */
     h->dns = evdns_base_new(base, 0);
     if (h->dns == NULL) {
         snprintf(err, errlen, "cannot start the DNS resolver (evdns_base_new failed)");
@@ -955,12 +976,16 @@ struct health *health_new(struct event_base *base, const struct config *cfg, cha
         /* The system's resolver settings. A machine without a usable
          * resolv.conf still starts (IP-literal endpoints need no DNS);
          * evdns then asks 127.0.0.1. */
-        int rc = evdns_base_resolv_conf_parse(h->dns, DNS_OPTION_NAMESERVERS | DNS_OPTION_SEARCH | DNS_OPTION_MISC,
-                                              "/etc/resolv.conf");
+        int rc =
+            evdns_base_resolv_conf_parse(h->dns, DNS_OPTION_NAMESERVERS | DNS_OPTION_SEARCH | DNS_OPTION_MISC, "/etc/resolv.conf");
         if (rc != 0)
             log_warn("DNS: /etc/resolv.conf %s (evdns error %d); host-name endpoints are resolved through %s",
-                     rc == 1 ? "cannot be opened" : rc == 6 ? "lists no nameserver" : "could not be read", rc,
-                     evdns_base_count_nameservers(h->dns) > 0 ? "the default nameserver 127.0.0.1" : "nothing: they stay unresolved");
+                     rc == 1   ? "cannot be opened"
+                     : rc == 6 ? "lists no nameserver"
+                               : "could not be read",
+                     rc,
+                     evdns_base_count_nameservers(h->dns) > 0 ? "the default nameserver 127.0.0.1"
+                                                              : "nothing: they stay unresolved");
     }
     h->have_nameservers = evdns_base_count_nameservers(h->dns) > 0;
     set_dns_options(h, cfg->dns.timeout_ms);
@@ -999,7 +1024,9 @@ int health_attach(struct health *h, struct config *cfg, char *err, size_t errlen
         char was[256], now[256];
         list_text(h->nameservers, h->n_nameservers, was, sizeof(was));
         list_text(cfg->dns.nameservers, cfg->dns.n_nameservers, now, sizeof(now));
-        snprintf(err, errlen, "%s: dns.nameservers changed (running with [%s], the file says [%s]); nameservers are fixed at start: restart cutover to change them",
+        snprintf(err, errlen,
+                 "%s: dns.nameservers changed (running with [%s], the file says [%s]); nameservers are fixed at start: restart "
+                 "cutover to change them",
                  cfg->file ? cfg->file : "config", was, now);
         return CO_ERROR;
     }
@@ -1165,8 +1192,9 @@ void health_status_json(struct health *h, struct evbuffer *b)
             const char *probe = !has_probe ? "off" : atomic_load(&st->probe_down) ? "failing" : "passing";
             uint64_t until = atomic_load(&st->ejected_until_ms);
             bool ejected = until != 0 && (has_probe || now < until);
-            evbuffer_add_printf(b, "],\"probe\":\"%s\",\"ejected\":%s,\"ejected_ms\":%llu,\"ejections\":%llu,\"probes_ok\":%llu,"
-                                   "\"probes_failed\":%llu,\"last_probe_error\":",
+            evbuffer_add_printf(b,
+                                "],\"probe\":\"%s\",\"ejected\":%s,\"ejected_ms\":%llu,\"ejections\":%llu,\"probes_ok\":%llu,"
+                                "\"probes_failed\":%llu,\"last_probe_error\":",
                                 probe, ejected ? "true" : "false", (unsigned long long)(until > now ? until - now : 0),
                                 (unsigned long long)atomic_load(&st->ejections), (unsigned long long)st->probes_ok,
                                 (unsigned long long)st->probes_failed);
