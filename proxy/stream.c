@@ -526,6 +526,30 @@ static bool idempotent(const struct stream *s)
     }
 }
 
+/* Upstream failure warnings: at most STREAM_WARN_PER_S a second per worker;
+ * the rest are counted and summed up in the next line, so an outage under
+ * load does not make stderr the bottleneck. */
+#define STREAM_WARN_PER_S 20
+static bool warn_allowed(void)
+{
+    static _Thread_local uint64_t window;
+    static _Thread_local unsigned n, suppressed;
+    uint64_t now = co_now_ms() / 1000;
+    if (now != window) {
+        if (suppressed)
+            log_warn("%u upstream failure warnings were suppressed (more than %d a second on this worker)", suppressed,
+                     STREAM_WARN_PER_S);
+        window = now;
+        n = suppressed = 0;
+    }
+    if (n < STREAM_WARN_PER_S) {
+        n++;
+        return true;
+    }
+    suppressed++;
+    return false;
+}
+
 /* Why the failed attempt is not tried again, or NULL when it is (and then
  * the retry has been paid from the route's budget). */
 static const char *no_retry(struct stream *s, enum up_fail kind)
@@ -582,16 +606,18 @@ void stream_up_failed(struct stream *s, int status, const char *why, enum up_fai
                 where = "a new connection (no other usable endpoint)";
             }
         }
-        log_warn("request %s to cluster %s: %s; retrying (attempt %u) on %s%s%s", s->request_id, from, why, s->attempts, where,
-                 s->cluster->name != from ? ", cluster " : "", s->cluster->name != from ? s->cluster->name : "");
+        if (warn_allowed())
+            log_warn("request %s to cluster %s: %s; retrying (attempt %u) on %s%s%s", s->request_id, from, why, s->attempts,
+                     where, s->cluster->name != from ? ", cluster " : "", s->cluster->name != from ? s->cluster->name : "");
         upstream_start(s, true);
         return;
     }
     /* Mirror copies are counted (cutover_mirror_requests_total{result="failed"}), not logged one by one. */
-    if (!s->shadow && kind == UPF_FATAL)
+    bool say = !s->shadow && warn_allowed();
+    if (say && kind == UPF_FATAL)
         log_warn("request %s to cluster %s endpoint %s: %s; answering %d", s->request_id, s->cluster->name, s->endpoint, why,
                  s->resp_started ? 0 : status);
-    else if (!s->shadow)
+    else if (say)
         log_warn("request %s to cluster %s endpoint %s: %s; answering %d (not retried: %s)", s->request_id, s->cluster->name,
                  s->endpoint, why, s->resp_started ? 0 : status, no);
     s->t_up_end_us = co_now_us();

@@ -642,6 +642,16 @@ void tls_describe_failure(const SSL *ssl, unsigned long err, char *out, size_t o
         return;
     }
     unsigned long e = err != 0 ? err : ERR_peek_last_error();
+    /* libevent's bufferevent_get_openssl_error() also queues SSL_get_error()
+     * codes (library 0, small values) when no OpenSSL error was recorded. */
+    if (e == SSL_ERROR_SYSCALL) {
+        snprintf(out, outlen, "the peer closed or reset the connection during the handshake");
+        return;
+    }
+    if (e == SSL_ERROR_ZERO_RETURN) {
+        snprintf(out, outlen, "the peer sent close_notify during the handshake");
+        return;
+    }
     if (e != 0) {
         char buf[256];
         snprintf(out, outlen, "%s", error_text(e, buf, sizeof(buf)));
