@@ -76,6 +76,20 @@ def endpoint_state(admin_port, cluster_name):
     return found[0]
 
 
+def established(ip, port):
+    """Local ports of ESTABLISHED TCP connections to ip:port (the proxy's
+    upstream side; /proc/net/tcp lists IPv4 addresses little-endian)."""
+    want = "%08X:%04X" % (int.from_bytes(bytes(int(x) for x in ip.split(".")), "little"), port)
+    out = set()
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if parts[2] == want and parts[3] == "01":
+                out.add(int(parts[1].split(":")[1], 16))
+    return out
+
+
 def served_by(proxy, path="/x", host="app.example"):
     r = proxy.get(path, host=host)
     return r.status, r.header("x-served-by")
@@ -105,6 +119,9 @@ def test_requests_follow_the_record(procs, dns, pair):
         r = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30 * SLOW)
         assert r.returncode == 0, (r.stdout + r.stderr).decode()
 
+    # A keep-alive connection to the old address sits in the pool.
+    assert established("127.0.0.1", pair.port), "no pooled connection to 127.0.0.1"
+
     # The record moves: traffic follows within max_ttl (the record's own
     # TTL of an hour is clamped), and all of it.
     t0 = time.monotonic()
@@ -118,6 +135,31 @@ def test_requests_follow_the_record(procs, dns, pair):
         assert served_by(proxy, f"/after/{i}") == (200, "b")
     assert endpoint_state(admin, "svc")["addresses"] == [f"127.0.0.2:{pair.port}"]
     assert proxy.count_in_stderr(re.escape(f"{name} resolves to 127.0.0.2:{pair.port} (was 127.0.0.1:{pair.port})")) == 1
+    # The idle connections to the address that left DNS were closed (not
+    # left to their idle timeout of 30 s).
+    wait_for(lambda: not established("127.0.0.1", pair.port), 5, what="pooled connections to 127.0.0.1 to close")
+    proxy.stop()
+
+
+def test_connections_older_than_max_connection_age_are_not_reused(procs, pair):
+    proxy = procs.proxy(lambda port: render_config(
+        port, [cluster("svc", pair.a, max_connection_age="1s")], [route("all", [("svc", 1)])]))
+    assert served_by(proxy, "/one") == (200, "a")
+    t0 = time.monotonic()
+    first = established("127.0.0.1", pair.port)
+    assert len(first) == 1, first
+
+    def replaced():
+        assert served_by(proxy, "/again") == (200, "a")
+        now = established("127.0.0.1", pair.port)
+        return len(now) == 1 and now.isdisjoint(first)
+
+    # Requests one after another reuse the connection until it is 1 s old,
+    # then a new one carries them (the old one is closed, not parked).
+    wait_for(replaced, 5, interval=0.05, what="a new upstream connection once the first is older than 1s")
+    age = time.monotonic() - t0
+    print(f"\nupstream connection replaced after {age:.2f}s (max_connection_age 1s)")
+    assert age >= 0.95, age
     proxy.stop()
 
 
