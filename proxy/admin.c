@@ -31,11 +31,25 @@ struct admin {
                     changes the token must not open the admin side */
 };
 
-static void json_str(struct evbuffer *b, const char *s)
+void admin_json_str(struct evbuffer *b, const char *s)
 {
     ADD_LIT(b, "\"");
     accesslog_json_str(b, s, strlen(s));
     ADD_LIT(b, "\"");
+}
+
+void admin_label_value(struct evbuffer *b, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\')
+            ADD_LIT(b, "\\\\");
+        else if (*s == '"')
+            ADD_LIT(b, "\\\"");
+        else if (*s == '\n')
+            ADD_LIT(b, "\\n");
+        else
+            evbuffer_add(b, s, 1);
+    }
 }
 
 /* Sum one counter over all workers (offset of the metric_t in struct metrics). */
@@ -270,34 +284,34 @@ void admin_status(struct app *app, struct evbuffer *b)
     const struct config *cfg = app->cfg;
     evbuffer_add_printf(b, "{\"version\":\"%s\",\"generation\":%llu,\"config_file\":", CUTOVER_VERSION,
                         (unsigned long long)app->generation);
-    json_str(b, app->config_path);
+    admin_json_str(b, app->config_path);
     evbuffer_add_printf(b, ",\"workers\":%u,\"ready\":%s,\"uptime_s\":%lld,\"last_reload\":{\"ok\":%s,\"time\":%lld,\"error\":",
                         app->n_workers, app->draining ? "false" : "true", (long long)(time(NULL) - app->started),
                         app->last_reload_ok ? "true" : "false", (long long)app->last_reload_time);
     if (app->last_reload_ok)
         ADD_LIT(b, "null");
     else
-        json_str(b, app->last_reload_error);
+        admin_json_str(b, app->last_reload_error);
     evbuffer_add_printf(b, ",\"successes\":%llu,\"failures\":%llu},\"routes\":[", (unsigned long long)app->reloads_ok,
                         (unsigned long long)app->reloads_failed);
     for (size_t r = 0; r < cfg->n_routes; r++) {
         const struct route_conf *rt = &cfg->routes[r];
         evbuffer_add_printf(b, "%s{\"name\":", r ? "," : "");
-        json_str(b, rt->name);
+        admin_json_str(b, rt->name);
         ADD_LIT(b, ",\"match\":{\"host\":");
         if (rt->host) {
             char host[300];
             snprintf(host, sizeof(host), "%s%s", rt->host_suffix ? "*" : "", rt->host);
-            json_str(b, host);
+            admin_json_str(b, host);
         } else {
             ADD_LIT(b, "null");
         }
         evbuffer_add_printf(b, ",\"%s\":", rt->path_exact ? "path" : "path_prefix");
-        json_str(b, rt->path);
+        admin_json_str(b, rt->path);
         ADD_LIT(b, "},\"split\":[");
         for (size_t k = 0; k < rt->n_split; k++) {
             evbuffer_add_printf(b, "%s{\"cluster\":", k ? "," : "");
-            json_str(b, rt->split[k].cluster->name);
+            admin_json_str(b, rt->split[k].cluster->name);
             evbuffer_add_printf(b, ",\"weight\":%u,\"share\":%.6f}", rt->split[k].weight, live_share(rt, k));
         }
         static const char *sticky[] = {"none", "cookie", "header", "client_ip"};
@@ -307,7 +321,7 @@ void admin_status(struct app *app, struct evbuffer *b)
                             rt->retry.attempts, rt->retry.budget / 10000.0);
         if (rt->mirror.cluster) {
             ADD_LIT(b, "{\"cluster\":");
-            json_str(b, rt->mirror.cluster->name);
+            admin_json_str(b, rt->mirror.cluster->name);
             evbuffer_add_printf(b, ",\"percent\":%.2f,\"compare\":%s}", rt->mirror.share / 100.0, rt->mirror.compare ? "true" : "false");
         } else {
             ADD_LIT(b, "null");
@@ -318,16 +332,16 @@ void admin_status(struct app *app, struct evbuffer *b)
     for (size_t c = 0; c < cfg->n_clusters; c++) {
         const struct cluster_conf *cl = &cfg->clusters[c];
         evbuffer_add_printf(b, "%s{\"name\":", c ? "," : "");
-        json_str(b, cl->name);
+        admin_json_str(b, cl->name);
         ADD_LIT(b, ",\"host\":");
         if (cl->host)
-            json_str(b, cl->host);
+            admin_json_str(b, cl->host);
         else
             ADD_LIT(b, "null");
         ADD_LIT(b, ",\"endpoints\":[");
         for (size_t e = 0; e < cl->n_endpoints; e++) {
             evbuffer_add_printf(b, "%s{\"name\":", e ? "," : "");
-            json_str(b, cl->endpoints[e].name);
+            admin_json_str(b, cl->endpoints[e].name);
             const struct ep_state *st = cl->endpoints[e].state;
             evbuffer_add_printf(b, ",\"usable\":%s}", health_usable(st, health_now_ms()) ? "true" : "false");
         }
@@ -419,7 +433,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         if (rc == CO_OK)
             ADD_LIT(b, "null");
         else
-            json_str(b, app->last_reload_error);
+            admin_json_str(b, app->last_reload_error);
         ADD_LIT(b, "}\n");
         if (rc == CO_OK)
             reply(req, 200, "OK", "application/json", b);

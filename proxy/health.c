@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "accesslog.h"
+#include "admin.h"
 #include "common.h"
 #include "h1.h"
 #include "h2util.h"
@@ -1149,12 +1150,6 @@ void health_settle(struct health *h, uint64_t timeout_ms)
 
 /* ---------------------------------------------------------------- status and metrics */
 
-static void json_str(struct evbuffer *b, const char *s)
-{
-    evbuffer_add(b, "\"", 1);
-    accesslog_json_str(b, s, strlen(s));
-    evbuffer_add(b, "\"", 1);
-}
 
 void health_status_json(struct health *h, struct evbuffer *b)
 {
@@ -1175,9 +1170,9 @@ void health_status_json(struct health *h, struct evbuffer *b)
                 continue;
             evbuffer_add_printf(b, "%s{\"cluster\":", first ? "" : ",");
             first = false;
-            json_str(b, st->cluster);
+            admin_json_str(b, st->cluster);
             ADD_LIT(b, ",\"endpoint\":");
-            json_str(b, st->endpoint);
+            admin_json_str(b, st->endpoint);
             bool resolved = atomic_load(&st->resolved);
             evbuffer_add_printf(b, ",\"usable\":%s,\"resolved\":%s,\"addresses\":[", health_usable(st, now) ? "true" : "false",
                                 resolved ? "true" : "false");
@@ -1186,7 +1181,7 @@ void health_status_json(struct health *h, struct evbuffer *b)
                 upconnect_addr_text((const struct sockaddr *)&st->addrs[k], a, sizeof(a));
                 if (k)
                     ADD_LIT(b, ",");
-                json_str(b, a);
+                admin_json_str(b, a);
             }
             bool has_probe = atomic_load(&st->has_probe);
             const char *probe = !has_probe ? "off" : atomic_load(&st->probe_down) ? "failing" : "passing";
@@ -1198,9 +1193,9 @@ void health_status_json(struct health *h, struct evbuffer *b)
                                 probe, ejected ? "true" : "false", (unsigned long long)(until > now ? until - now : 0),
                                 (unsigned long long)atomic_load(&st->ejections), (unsigned long long)st->probes_ok,
                                 (unsigned long long)st->probes_failed);
-            json_str(b, st->last_probe_error);
+            admin_json_str(b, st->last_probe_error);
             ADD_LIT(b, ",\"last_dns_error\":");
-            json_str(b, st->last_dns_error);
+            admin_json_str(b, st->last_dns_error);
             if (st->dns)
                 evbuffer_add_printf(b, ",\"dns_expires_in_s\":%lld}",
                                     (long long)(st->dns_expires_s > wall ? st->dns_expires_s - wall : 0));
@@ -1212,26 +1207,13 @@ void health_status_json(struct health *h, struct evbuffer *b)
 }
 
 /* A Prometheus label value: backslash, double quote and newline escaped. */
-static void prom_value(struct evbuffer *b, const char *s)
-{
-    for (const char *p = s; *p; p++) {
-        if (*p == '\\')
-            ADD_LIT(b, "\\\\");
-        else if (*p == '"')
-            ADD_LIT(b, "\\\"");
-        else if (*p == '\n')
-            ADD_LIT(b, "\\n");
-        else
-            evbuffer_add(b, p, 1);
-    }
-}
 
 static void prom_labels(struct evbuffer *b, const struct ep_state *st)
 {
     ADD_LIT(b, "{cluster=\"");
-    prom_value(b, st->cluster);
+    admin_label_value(b, st->cluster);
     ADD_LIT(b, "\",endpoint=\"");
-    prom_value(b, st->endpoint);
+    admin_label_value(b, st->endpoint);
     ADD_LIT(b, "\"");
 }
 

@@ -107,6 +107,17 @@ static int cmd_token(int argc, char **argv)
     return 0;
 }
 
+/* Record and log a refused reload; the running config stays. */
+static int refuse_reload(struct app *app, const char *why, const char *err)
+{
+    app->reloads_failed++;
+    app->last_reload_ok = false;
+    snprintf(app->last_reload_error, sizeof(app->last_reload_error), "%s", err);
+    log_error("reload refused (%s), the running config (generation %llu) keeps serving: %s", why,
+              (unsigned long long)app->generation, err);
+    return CO_ERROR;
+}
+
 int app_reload(struct app *app, const char *why)
 {
     char err[1024];
@@ -118,24 +129,13 @@ int app_reload(struct app *app, const char *why)
     }
     app->last_reload_time = time(NULL);
     watched = file_identity(app->config_path);
-    if (config_load(app->config_path, &cfg, err, sizeof(err)) != CO_OK) {
-        app->reloads_failed++;
-        app->last_reload_ok = false;
-        snprintf(app->last_reload_error, sizeof(app->last_reload_error), "%s", err);
-        log_error("reload refused (%s), the running config (generation %llu) keeps serving: %s", why,
-                  (unsigned long long)app->generation, err);
-        return CO_ERROR;
-    }
+    if (config_load(app->config_path, &cfg, err, sizeof(err)) != CO_OK)
+        return refuse_reload(app, why, err);
     /* Endpoint state (health, DNS) for the new snapshot before anything
      * else can refuse it: nameservers are fixed at start. */
     if (health_attach(app->health, cfg, err, sizeof(err)) != CO_OK) {
         config_unref(cfg);
-        app->reloads_failed++;
-        app->last_reload_ok = false;
-        snprintf(app->last_reload_error, sizeof(app->last_reload_error), "%s", err);
-        log_error("reload refused (%s), the running config (generation %llu) keeps serving: %s", why,
-                  (unsigned long long)app->generation, err);
-        return CO_ERROR;
+        return refuse_reload(app, why, err);
     }
     ramps_attach(app->ramps, cfg);
     /* New listener addresses: bind them now, per worker, so a port that is
@@ -163,12 +163,7 @@ int app_reload(struct app *app, const char *why)
                 }
                 free(fds);
                 config_unref(cfg);
-                app->reloads_failed++;
-                app->last_reload_ok = false;
-                snprintf(app->last_reload_error, sizeof(app->last_reload_error), "%s", err);
-                log_error("reload refused (%s), the running config (generation %llu) keeps serving: %s", why,
-                          (unsigned long long)app->generation, err);
-                return CO_ERROR;
+                return refuse_reload(app, why, err);
             }
         }
     }
