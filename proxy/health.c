@@ -35,7 +35,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "accesslog.h"
 #include "admin.h"
 #include "common.h"
 #include "h1.h"

@@ -137,7 +137,6 @@ int app_reload(struct app *app, const char *why)
         config_unref(cfg);
         return refuse_reload(app, why, err);
     }
-    ramps_attach(app->ramps, cfg);
     /* New listener addresses: bind them now, per worker, so a port that is
      * taken refuses the reload instead of failing later in a worker. */
     int **fds = co_calloc(app->n_workers, sizeof(*fds));
@@ -174,6 +173,7 @@ int app_reload(struct app *app, const char *why)
         log_warn("reload: admin address changed or admin token changed; the admin listener keeps its start-up address and "
                  "token until restart");
     warn_insecure(cfg);
+    ramps_attach(app->ramps, cfg);
     cfg->generation = ++app->generation;
     for (unsigned i = 0; i < app->n_workers; i++)
         worker_set_config(app->workers[i], cfg, fds[i]);

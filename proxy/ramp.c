@@ -19,7 +19,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "accesslog.h"
+#include "admin.h"
 #include "app.h"
 #include "common.h"
 #include "metrics.h"
@@ -39,10 +39,10 @@ _Static_assert(METRICS_BUCKETS + 1 <= sizeof(((struct ramp_state *)0)->base_new_
 
 struct ramps {
     struct app *app;
-    struct event *tick;        /* every TICK_MS on app->base */
+    struct event *tick;          /* every TICK_MS on app->base */
     struct ramp_state **entries; /* every entry ever created, in creation order */
     size_t n_entries;
-    struct config *cfg;        /* running config (reference): route_conf pointers point into it */
+    struct config *cfg; /* running config (reference): route_conf pointers point into it */
 };
 
 /* ---- the ramp clock -------------------------------------------------- */
@@ -95,6 +95,18 @@ static int effective_step(const struct ramp_state *st)
     return st->held != NOT_HELD ? st->held : st->step;
 }
 
+/* "before start", "ramping", "done" (last step) or "rolled back" (held). */
+static const char *state_name(const struct ramp_state *st, const struct route_conf *rt)
+{
+    if (st->held != NOT_HELD)
+        return "rolled back";
+    if (st->step < 0)
+        return "before start";
+    if (st->step + 1 >= (int)rt->ramp.n_steps)
+        return "done";
+    return "ramping";
+}
+
 /* Basis points of split[0] at step k (-1 = the written weights). */
 static uint32_t step_share(const struct route_conf *rt, int k)
 {
@@ -113,27 +125,6 @@ static const char *step_text(char *out, size_t len, const struct route_conf *rt,
 }
 
 /* Prometheus label value: backslash, double quote and newline escaped. */
-static void label_value(struct evbuffer *b, const char *s)
-{
-    for (; *s; s++) {
-        if (*s == '\\')
-            ADD_LIT(b, "\\\\");
-        else if (*s == '"')
-            ADD_LIT(b, "\\\"");
-        else if (*s == '\n')
-            ADD_LIT(b, "\\n");
-        else
-            evbuffer_add(b, s, 1);
-    }
-}
-
-static void json_str(struct evbuffer *b, const char *s)
-{
-    ADD_LIT(b, "\"");
-    accesslog_json_str(b, s, strlen(s));
-    ADD_LIT(b, "\"");
-}
-
 /* ---- schedule --------------------------------------------------------- */
 
 /* floor((now - start) / hold), -1 before start, at most n_steps - 1. */
@@ -290,8 +281,8 @@ static void judge(struct ramps *r, struct ramp_state *st, const struct route_con
                          (unsigned long long)(metrics_bucket_us[METRICS_BUCKETS - 1] / 1000), (unsigned long long)req,
                          (unsigned long long)g->max_p99_ms);
             else
-                snprintf(why, sizeof(why), "p99 latency up to %llu ms of %llu requests > %llu ms",
-                         (unsigned long long)(p99 / 1000), (unsigned long long)req, (unsigned long long)g->max_p99_ms);
+                snprintf(why, sizeof(why), "p99 latency up to %llu ms of %llu requests > %llu ms", (unsigned long long)(p99 / 1000),
+                         (unsigned long long)req, (unsigned long long)g->max_p99_ms);
             rollback(r, st, rt, why, now_ms);
             return;
         }
@@ -313,8 +304,9 @@ static void judge(struct ramps *r, struct ramp_state *st, const struct route_con
 /* ---- the timer -------------------------------------------------------- */
 
 /* Bring one entry up to date for rt at now: follow the schedule unless
- * held, re-baseline on a new step, judge the gate when `judge_gate`. */
-static void update(struct ramps *r, struct ramp_state *st, const struct route_conf *rt, int64_t now_ms, bool judge_gate)
+ * held, re-baseline on a new step. From the timer (the entry is live) also
+ * log step changes and judge the gate; from ramps_attach, silently. */
+static void update(struct ramps *r, struct ramp_state *st, const struct route_conf *rt, int64_t now_ms, bool from_timer)
 {
     if (st->held == NOT_HELD) {
         int k = schedule_step(&rt->ramp, now_ms);
@@ -323,8 +315,9 @@ static void update(struct ramps *r, struct ramp_state *st, const struct route_co
         if (k > st->step) {
             st->step = k;
             baseline(r, st, rt);
-            log_step(st, rt);
-        } else if (judge_gate && st->step >= 0 && rt->ramp.gate.enabled) {
+            if (from_timer)
+                log_step(st, rt);
+        } else if (from_timer && st->step >= 0 && rt->ramp.gate.enabled) {
             judge(r, st, rt, now_ms);
         }
     }
@@ -386,19 +379,6 @@ static struct ramp_state *create(struct ramps *r, const struct route_conf *rt)
     st->held = NOT_HELD;
     r->entries = co_realloc(r->entries, (r->n_entries + 1) * sizeof(*r->entries));
     r->entries[r->n_entries++] = st;
-
-    char start[32];
-    struct tm tm;
-    time_t t = (time_t)rt->ramp.start_s;
-    gmtime_r(&t, &tm);
-    strftime(start, sizeof(start), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    const struct ramp_state *old = find_live(r, rt->name);
-    if (old != NULL && old->held != NOT_HELD)
-        log_info("ramp on route %s changed in the config: a new schedule replaces the one held at %s since its rollback", st->route,
-                 old->held < 0 ? "the written weights" : "an earlier step");
-    log_info("ramp on route %s: %zu steps of %llu s from %s, new side %s, old side %s%s", st->route, rt->ramp.n_steps,
-             (unsigned long long)(rt->ramp.hold_ms / 1000), start, rt->split[0].cluster->name, rt->split[1].cluster->name,
-             rt->ramp.gate.enabled ? ", gated" : "");
     return st;
 }
 
@@ -410,44 +390,66 @@ void ramps_attach(struct ramps *r, struct config *cfg)
         if (!rt->ramp.enabled)
             continue;
         struct ramp_state *st = find(r, rt->name, rt->ramp.fingerprint);
-        if (st == NULL) {
+        if (st == NULL)
             st = create(r, rt);
+        if (st->route_conf == NULL) {
+            /* New, or back in a config after an absence (or from a refused
+             * reload): its step counts from now. A live entry is kept up to
+             * date by the timer already. Logged by ramps_apply, once the
+             * config is sure to run. */
             baseline(r, st, rt);
-        } else if (st->route_conf == NULL) {
-            /* Back in a config after an absence (or from a refused reload):
-             * its step starts counting again from now. */
-            baseline(r, st, rt);
+            update(r, st, rt, now, false);
         }
-        update(r, st, rt, now, false);
         rt->ramp_state = st;
     }
 }
 
+/* An entry of cfg that was not live before starts: say so. `old` is the
+ * route's entry in the previous config, if any (still valid here). */
+static void log_start(const struct ramp_state *st, const struct route_conf *rt, const struct ramp_state *old)
+{
+    char start[32];
+    struct tm tm;
+    time_t t = (time_t)rt->ramp.start_s;
+    gmtime_r(&t, &tm);
+    strftime(start, sizeof(start), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    if (old != NULL) {
+        char held[48];
+        if (old->held != NOT_HELD)
+            log_info("ramp on route %s changed in the config: its new ramp replaces the one held at %s since a rollback", st->route,
+                     step_text(held, sizeof(held), old->route_conf, old->held));
+        else
+            log_info("ramp on route %s changed in the config: its new ramp replaces the previous one", st->route);
+    }
+    char now_at[48];
+    log_info("ramp on route %s: %zu steps every %llu s from %s, new side %s, old side %s%s; now %s, at %s", st->route,
+             rt->ramp.n_steps, (unsigned long long)(rt->ramp.hold_ms / 1000), start, rt->split[0].cluster->name,
+             rt->split[1].cluster->name, rt->ramp.gate.enabled ? ", gated" : "", state_name(st, rt),
+             step_text(now_at, sizeof(now_at), rt, effective_step(st)));
+}
+
 void ramps_apply(struct ramps *r, struct config *cfg)
 {
-    config_ref(cfg);
-    if (r->cfg)
-        config_unref(r->cfg);
-    r->cfg = cfg;
+    for (size_t i = 0; i < cfg->n_routes; i++) {
+        const struct route_conf *rt = &cfg->routes[i];
+        struct ramp_state *st = rt->ramp_state;
+        if (st != NULL && st->route_conf == NULL) {
+            const struct ramp_state *old = find_live(r, rt->name);
+            log_start(st, rt, old);
+        }
+    }
     for (size_t i = 0; i < r->n_entries; i++)
         r->entries[i]->route_conf = NULL;
     for (size_t i = 0; i < cfg->n_routes; i++)
         if (cfg->routes[i].ramp_state)
             cfg->routes[i].ramp_state->route_conf = &cfg->routes[i];
+    config_ref(cfg); /* before the unref: cfg may be the running config */
+    if (r->cfg)
+        config_unref(r->cfg);
+    r->cfg = cfg;
 }
 
 /* ---- admin ------------------------------------------------------------ */
-
-static const char *state_name(const struct ramp_state *st, const struct route_conf *rt)
-{
-    if (st->held != NOT_HELD)
-        return "rolled back";
-    if (st->step < 0)
-        return "before start";
-    if (st->step + 1 >= (int)rt->ramp.n_steps)
-        return "done";
-    return "ramping";
-}
 
 void ramps_status_json(struct ramps *r, struct evbuffer *b)
 {
@@ -469,7 +471,7 @@ void ramps_status_json(struct ramps *r, struct evbuffer *b)
         if (!first)
             ADD_LIT(b, ",");
         first = false;
-        json_str(b, st->route);
+        admin_json_str(b, st->route);
         evbuffer_add_printf(b, ":{\"step\":%d,\"steps\":%zu,\"share\":\"%s\",\"state\":\"%s\",\"next_step_in_s\":", k,
                             rt->ramp.n_steps, pct(p, sizeof(p), step_share(rt, k)), state_name(st, rt));
         int64_t next = st->held == NOT_HELD ? next_step_in_ms(&rt->ramp, st->step, now) : -1;
@@ -478,11 +480,11 @@ void ramps_status_json(struct ramps *r, struct evbuffer *b)
         else
             evbuffer_add_printf(b, "%lld", (long long)((next + 999) / 1000));
         evbuffer_add_printf(b, ",\"schedule_step\":%d,\"new_cluster\":", sched);
-        json_str(b, rt->split[0].cluster->name);
+        admin_json_str(b, rt->split[0].cluster->name);
         ADD_LIT(b, ",\"old_cluster\":");
-        json_str(b, rt->split[1].cluster->name);
+        admin_json_str(b, rt->split[1].cluster->name);
         evbuffer_add_printf(b, ",\"rollbacks\":%llu,\"reason\":", (unsigned long long)st->rollbacks);
-        json_str(b, st->reason);
+        admin_json_str(b, st->reason);
         ADD_LIT(b, ",\"rolled_back_at_s\":");
         if (st->rollbacks)
             evbuffer_add_printf(b, "%lld", (long long)st->rolled_back_at_s);
@@ -516,7 +518,7 @@ void ramps_metrics(struct ramps *r, struct evbuffer *b)
                 continue;
             int k = effective_step(st);
             evbuffer_add_printf(b, "%s{route=\"", fam[f].name);
-            label_value(b, st->route);
+            admin_label_value(b, st->route);
             ADD_LIT(b, "\"} ");
             switch (f) {
             case 0:

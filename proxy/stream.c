@@ -84,12 +84,12 @@ static int pick_by_weight(struct stream *s, uint32_t share, uint32_t version)
         }
         return 0;
     }
-    if (share == RAMP_SHARE_WEIGHTS)
-        return decide_weight(&w->wrr[r->index], r);
-    if (w->ramp_seen[r->index] != version) {
-        decide_wrr_init(&w->wrr[r->index], r); /* a new step starts a new cycle */
+    if (r->ramp_state && w->ramp_seen[r->index] != version) {
+        decide_wrr_init(&w->wrr[r->index], r); /* a new step (or the written weights again) starts a new cycle */
         w->ramp_seen[r->index] = version;
     }
+    if (share == RAMP_SHARE_WEIGHTS)
+        return decide_weight(&w->wrr[r->index], r);
     return decide_weight_share(&w->wrr[r->index], share);
 }
 
