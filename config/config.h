@@ -72,14 +72,14 @@ struct cluster_tls_conf {
  * Host settings (HTTP/2 for protocol h2), run by the main thread. */
 struct health_conf {
     bool enabled;
-    char *path;            /* request target, default "/healthz"; starts with '/' */
-    char *host;            /* Host / :authority; NULL = the cluster's `host`, else the endpoint's HOST:PORT */
-    uint64_t interval_ms;  /* default 5s, 100ms..1h */
-    uint64_t timeout_ms;   /* default 2s, must be below interval */
-    uint32_t healthy;      /* consecutive passes to return to service, default 2, 1..100 */
-    uint32_t unhealthy;    /* consecutive failures to leave service, default 3, 1..100 */
-    uint16_t expect_min;   /* expected status range, default 200..399: `expect: 200`, */
-    uint16_t expect_max;   /* `expect: 200-299` or `expect: 2xx` */
+    char *path;           /* request target, default "/healthz"; starts with '/' */
+    char *host;           /* Host / :authority; NULL = the cluster's `host`, else the endpoint's HOST:PORT */
+    uint64_t interval_ms; /* default 5s, 100ms..1h */
+    uint64_t timeout_ms;  /* default 2s, must be below interval */
+    uint32_t healthy;     /* consecutive passes to return to service, default 2, 1..100 */
+    uint32_t unhealthy;   /* consecutive failures to leave service, default 3, 1..100 */
+    uint16_t expect_min;  /* expected status range, default 200..399: `expect: 200`, */
+    uint16_t expect_max;  /* `expect: 200-299` or `expect: 2xx` */
 };
 
 /* Passive ejection (`eject:`; on by default). Counted per endpoint over all
@@ -140,11 +140,11 @@ struct override_conf {
 
 /* `retry:` of a route. */
 struct retry_conf {
-    uint32_t attempts;        /* retries after the first try (DESIGN.md `retry: { attempts: 1 }`):
-                                 default 1, 0 = never retry, max 4 */
-    uint32_t budget;          /* retries as a share of requests, basis points; default 2000 (20%) */
-    uint64_t max_body;        /* request bodies up to this are kept for a replay, default 64 KiB,
-                                 0..16 MiB (`max_body: 64KiB`) */
+    uint32_t attempts; /* retries after the first try (DESIGN.md `retry: { attempts: 1 }`):
+                          default 1, 0 = never retry, max 4 */
+    uint32_t budget;   /* retries as a share of requests, basis points; default 2000 (20%) */
+    uint64_t max_body; /* request bodies up to this are kept for a replay, default 64 KiB,
+                          0..16 MiB (`max_body: 64KiB`) */
 };
 
 /* `mirror:` of a route (cluster NULL = no mirror). */
@@ -158,13 +158,13 @@ struct mirror_conf {
 
 /* `ramp: { gate: ... }`. Evaluated over the current step only. */
 struct ramp_gate_conf {
-    bool enabled;               /* `gate:` present */
-    uint64_t min_requests;      /* new-side requests in the step before it is judged, default 100 */
-    uint32_t max_5xx;           /* `max_5xx_ratio:` a ratio 0..1 (0.01) or a percentage ("1%"), stored
-                                   in basis points of the new side's requests; default 10000 (off) */
-    uint64_t max_p99_ms;        /* `max_p99_ms: 800` or `max_p99: 800ms`; 0 = off (default) */
-    bool vs_old;                /* `old_side_margin:` present: the new side's 5xx ratio may exceed */
-    uint32_t old_side_margin;   /* the old side's (same route, same step) by at most this, basis points */
+    bool enabled;             /* `gate:` present */
+    uint64_t min_requests;    /* new-side requests in the step before it is judged, default 100 */
+    uint32_t max_5xx;         /* `max_5xx_ratio:` a ratio 0..1 (0.01) or a percentage ("1%"), stored
+                                 in basis points of the new side's requests; default 10000 (off) */
+    uint64_t max_p99_ms;      /* `max_p99_ms: 800` or `max_p99: 800ms`; 0 = off (default) */
+    bool vs_old;              /* `old_side_margin:` present: the new side's 5xx ratio may exceed */
+    uint32_t old_side_margin; /* the old side's (same route, same step) by at most this, basis points */
 };
 
 /* `ramp:` of a route: the share of split[0] (the new side) follows `steps`
@@ -174,10 +174,10 @@ struct ramp_gate_conf {
  * of split[0] (so sticky users only ever move to the new side). */
 struct ramp_conf {
     bool enabled;
-    int64_t start_s;   /* `start: 2026-12-01T09:00:00Z` (UTC, RFC 3339 with Z), unix seconds */
-    uint32_t *steps;   /* basis points, `steps: [5%, 25%, 50%, 100%]` */
-    size_t n_steps;    /* 1..64 */
-    uint64_t hold_ms;  /* time on each step, >= 1s */
+    int64_t start_s;  /* `start: 2026-12-01T09:00:00Z` (UTC, RFC 3339 with Z), unix seconds */
+    uint32_t *steps;  /* basis points, `steps: [5%, 25%, 50%, 100%]` */
+    size_t n_steps;   /* 1..64 */
+    uint64_t hold_ms; /* time on each step, >= 1s */
     struct ramp_gate_conf gate;
     uint64_t fingerprint; /* hash of the ramp, its gate and the route's split (cluster names and
                              weights): a rollback holds while this is unchanged across reloads */
@@ -251,11 +251,11 @@ struct timeouts_conf {
 /* `dns:` (top level). Fixed at start: a reload that changes nameservers is
  * refused with a message (like admin.address). */
 struct dns_conf {
-    char **nameservers;    /* "IP" or "IP:PORT" / "[IPv6]:PORT"; none = /etc/resolv.conf */
+    char **nameservers; /* "IP" or "IP:PORT" / "[IPv6]:PORT"; none = /etc/resolv.conf */
     size_t n_nameservers;
-    uint64_t min_ttl_ms;   /* re-resolve no sooner than this, default 5s (also the retry after a failure) */
-    uint64_t max_ttl_ms;   /* and no later than this, default 5m */
-    uint64_t timeout_ms;   /* per query, default 2s */
+    uint64_t min_ttl_ms; /* re-resolve no sooner than this, default 5s (also the retry after a failure) */
+    uint64_t max_ttl_ms; /* and no later than this, default 5m */
+    uint64_t timeout_ms; /* per query, default 2s */
 };
 
 struct config {
@@ -304,6 +304,5 @@ int config_parse_percent(const char *s, uint32_t *bp);
 
 /* Parse "2026-12-01T09:00:00Z" into unix seconds. CO_OK/CO_ERROR. */
 int config_parse_time(const char *s, int64_t *unix_s);
-
 
 #endif

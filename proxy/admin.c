@@ -173,17 +173,17 @@ static void labelled_metrics(struct app *app, struct evbuffer *b)
             continue;
         evbuffer_add_printf(b, "cutover_mirror_requests_total{route=\"%s\",cluster=\"%s\",result=\"sent\"} %llu\n", ar[k].route,
                             ar[k].cluster, (unsigned long long)ar[k].mirror_sent);
-        evbuffer_add_printf(b, "cutover_mirror_requests_total{route=\"%s\",cluster=\"%s\",result=\"skipped\"} %llu\n",
-                            ar[k].route, ar[k].cluster, (unsigned long long)ar[k].mirror_skipped);
-        evbuffer_add_printf(b, "cutover_mirror_requests_total{route=\"%s\",cluster=\"%s\",result=\"failed\"} %llu\n",
-                            ar[k].route, ar[k].cluster, (unsigned long long)ar[k].mirror_failed);
+        evbuffer_add_printf(b, "cutover_mirror_requests_total{route=\"%s\",cluster=\"%s\",result=\"skipped\"} %llu\n", ar[k].route,
+                            ar[k].cluster, (unsigned long long)ar[k].mirror_skipped);
+        evbuffer_add_printf(b, "cutover_mirror_requests_total{route=\"%s\",cluster=\"%s\",result=\"failed\"} %llu\n", ar[k].route,
+                            ar[k].cluster, (unsigned long long)ar[k].mirror_failed);
     }
     metric_head(b, "cutover_mirror_mismatch_total", "counter",
                 "Mirror copies whose status class differed from the real response, by route and mirror cluster.");
     for (size_t k = 0; k < n_ar; k++)
         if (ar[k].mirror_sent + ar[k].mirror_mismatch)
-            evbuffer_add_printf(b, "cutover_mirror_mismatch_total{route=\"%s\",cluster=\"%s\"} %llu\n", ar[k].route,
-                                ar[k].cluster, (unsigned long long)ar[k].mirror_mismatch);
+            evbuffer_add_printf(b, "cutover_mirror_mismatch_total{route=\"%s\",cluster=\"%s\"} %llu\n", ar[k].route, ar[k].cluster,
+                                (unsigned long long)ar[k].mirror_mismatch);
     const struct {
         const char *name, *help;
         size_t off;
@@ -315,14 +315,16 @@ void admin_status(struct app *app, struct evbuffer *b)
             evbuffer_add_printf(b, ",\"weight\":%u,\"share\":%.6f}", rt->split[k].weight, live_share(rt, k));
         }
         static const char *sticky[] = {"none", "cookie", "header", "client_ip"};
-        evbuffer_add_printf(b, "],\"sticky\":\"%s\",\"override\":%s,\"failover\":%s,\"retry\":{\"attempts\":%u,\"budget\":%.4f},"
-                               "\"mirror\":",
+        evbuffer_add_printf(b,
+                            "],\"sticky\":\"%s\",\"override\":%s,\"failover\":%s,\"retry\":{\"attempts\":%u,\"budget\":%.4f},"
+                            "\"mirror\":",
                             sticky[rt->sticky.kind], rt->override.enabled ? "true" : "false", rt->failover ? "true" : "false",
                             rt->retry.attempts, rt->retry.budget / 10000.0);
         if (rt->mirror.cluster) {
             ADD_LIT(b, "{\"cluster\":");
             admin_json_str(b, rt->mirror.cluster->name);
-            evbuffer_add_printf(b, ",\"percent\":%.2f,\"compare\":%s}", rt->mirror.share / 100.0, rt->mirror.compare ? "true" : "false");
+            evbuffer_add_printf(b, ",\"percent\":%.2f,\"compare\":%s}", rt->mirror.share / 100.0,
+                                rt->mirror.compare ? "true" : "false");
         } else {
             ADD_LIT(b, "null");
         }

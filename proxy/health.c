@@ -1149,7 +1149,6 @@ void health_settle(struct health *h, uint64_t timeout_ms)
 
 /* ---------------------------------------------------------------- status and metrics */
 
-
 void health_status_json(struct health *h, struct evbuffer *b)
 {
     const struct config *cfg = h ? h->running : NULL;

@@ -42,9 +42,9 @@ struct ep_state {
     bool dns; /* host is a name resolved at run time */
 
     /* Written by the main thread, read by workers. */
-    atomic_bool resolved;     /* has had at least one address (always true for literals) */
-    atomic_bool probe_down;   /* active checks: `unhealthy` consecutive failures (cleared by `healthy` passes) */
-    atomic_bool has_probe;    /* the cluster runs active checks (ejection then ends with a passing probe) */
+    atomic_bool resolved;              /* has had at least one address (always true for literals) */
+    atomic_bool probe_down;            /* active checks: `unhealthy` consecutive failures (cleared by `healthy` passes) */
+    atomic_bool has_probe;             /* the cluster runs active checks (ejection then ends with a passing probe) */
     _Atomic uint64_t ejected_until_ms; /* passive ejection: co_now_ms() deadline, 0 = not ejected */
 
     /* Written by workers (atomic RMW), read by all. */

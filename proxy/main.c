@@ -238,8 +238,12 @@ int main(int argc, char **argv)
         return cmd_token(argc, argv);
 
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"check", no_argument, NULL, 'k'},   {"workers", required_argument, NULL, 'w'},
-        {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'}, {"time-scale", required_argument, NULL, 't'},
+        {"config", required_argument, NULL, 'c'},
+        {"check", no_argument, NULL, 'k'},
+        {"workers", required_argument, NULL, 'w'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {"time-scale", required_argument, NULL, 't'},
         {NULL, 0, NULL, 0},
     };
     double time_scale = 1.0;

@@ -38,7 +38,7 @@ struct ep_pool {
     struct sockaddr_storage addrs[EP_MAX_ADDRS];
     socklen_t addr_lens[EP_MAX_ADDRS];
     char addr_text[EP_MAX_ADDRS][64]; /* "ip:port" of each, to match connections */
-    struct upconn_list idle; /* idle keep-alive connections, most recent first */
+    struct upconn_list idle;          /* idle keep-alive connections, most recent first */
     unsigned n_idle;
     unsigned n_active;
     /* HTTP/2 sessions of this worker to the endpoint (upstream_h2.c owns

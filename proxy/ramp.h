@@ -38,10 +38,10 @@ struct ramp_state {
     /* Main thread only (ramp.c). */
     char *route;
     uint64_t fingerprint;
-    int step;              /* current step index, -1 before start */
-    int held;              /* -2 = not held; else the step (-1 = written weights) it rolled back to */
+    int step; /* current step index, -1 before start */
+    int held; /* -2 = not held; else the step (-1 = written weights) it rolled back to */
     uint64_t rollbacks;
-    char reason[256];      /* why it rolled back, "" when it did not */
+    char reason[256];         /* why it rolled back, "" when it did not */
     int64_t rolled_back_at_s; /* wall clock (virtual under --time-scale) */
     /* Counters at the start of the current step (sums over workers) for
      * the gate: requests and 5xx of split[0] and split[1], and split[0]'s

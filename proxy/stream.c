@@ -607,8 +607,8 @@ void stream_up_failed(struct stream *s, int status, const char *why, enum up_fai
             }
         }
         if (warn_allowed())
-            log_warn("request %s to cluster %s: %s; retrying (attempt %u) on %s%s%s", s->request_id, from, why, s->attempts,
-                     where, s->cluster->name != from ? ", cluster " : "", s->cluster->name != from ? s->cluster->name : "");
+            log_warn("request %s to cluster %s: %s; retrying (attempt %u) on %s%s%s", s->request_id, from, why, s->attempts, where,
+                     s->cluster->name != from ? ", cluster " : "", s->cluster->name != from ? s->cluster->name : "");
         upstream_start(s, true);
         return;
     }

@@ -103,7 +103,7 @@ struct stream {
     uint64_t bytes_in;  /* request body bytes */
     uint64_t bytes_out; /* response body bytes */
     unsigned attempts;
-    struct evbuffer *body_buf; /* scratch for request-body moves */
+    struct evbuffer *body_buf;  /* scratch for request-body moves */
     struct ep_state *ep_state;  /* endpoint of the current attempt (health.h) */
     struct ep_state *failed_ep; /* endpoint of the last failed attempt: a retry avoids it */
     bool continue_sent;         /* "100 Continue" went to the client */

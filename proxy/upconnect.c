@@ -108,8 +108,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 }
 
 struct upconnect *upconnect_start(struct event_base *base, const struct sockaddr *sa, socklen_t sa_len,
-                                  const struct endpoint_conf *e, const struct cluster_conf *cl, const char *alpn,
-                                  upconnect_cb cb, void *arg)
+                                  const struct endpoint_conf *e, const struct cluster_conf *cl, const char *alpn, upconnect_cb cb,
+                                  void *arg)
 {
     struct upconnect *u = co_calloc(1, sizeof(*u));
     u->cb = cb;

@@ -36,8 +36,8 @@ typedef void (*upconnect_cb)(void *arg, struct bufferevent *bev, const char *alp
  * loop), so the caller can finish its own bookkeeping first.
  */
 struct upconnect *upconnect_start(struct event_base *base, const struct sockaddr *sa, socklen_t sa_len,
-                                  const struct endpoint_conf *e, const struct cluster_conf *cl, const char *alpn,
-                                  upconnect_cb cb, void *arg);
+                                  const struct endpoint_conf *e, const struct cluster_conf *cl, const char *alpn, upconnect_cb cb,
+                                  void *arg);
 
 /* Abandon a connection attempt (the caller's owner went away); cb is not called. */
 void upconnect_cancel(struct upconnect *u);
