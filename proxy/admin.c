@@ -20,6 +20,7 @@
 #include "app.h"
 #include "health.h"
 #include "ramp.h"
+#include "report.h"
 #include "common.h"
 #include "decide.h"
 #include "worker.h"
@@ -30,27 +31,6 @@ struct admin {
     char *token; /* fixed at start like the address: a reload that drops or
                     changes the token must not open the admin side */
 };
-
-void admin_json_str(struct evbuffer *b, const char *s)
-{
-    ADD_LIT(b, "\"");
-    accesslog_json_str(b, s, strlen(s));
-    ADD_LIT(b, "\"");
-}
-
-void admin_label_value(struct evbuffer *b, const char *s)
-{
-    for (; *s; s++) {
-        if (*s == '\\')
-            ADD_LIT(b, "\\\\");
-        else if (*s == '"')
-            ADD_LIT(b, "\\\"");
-        else if (*s == '\n')
-            ADD_LIT(b, "\\n");
-        else
-            evbuffer_add(b, s, 1);
-    }
-}
 
 /* Sum one counter over all workers (offset of the metric_t in struct metrics). */
 static uint64_t sum_at(const struct app *app, size_t offset)
@@ -284,34 +264,34 @@ void admin_status(struct app *app, struct evbuffer *b)
     const struct config *cfg = app->cfg;
     evbuffer_add_printf(b, "{\"version\":\"%s\",\"generation\":%llu,\"config_file\":", CUTOVER_VERSION,
                         (unsigned long long)app->generation);
-    admin_json_str(b, app->config_path);
+    report_json_str(b, app->config_path);
     evbuffer_add_printf(b, ",\"workers\":%u,\"ready\":%s,\"uptime_s\":%lld,\"last_reload\":{\"ok\":%s,\"time\":%lld,\"error\":",
                         app->n_workers, app->draining ? "false" : "true", (long long)(time(NULL) - app->started),
                         app->last_reload_ok ? "true" : "false", (long long)app->last_reload_time);
     if (app->last_reload_ok)
         ADD_LIT(b, "null");
     else
-        admin_json_str(b, app->last_reload_error);
+        report_json_str(b, app->last_reload_error);
     evbuffer_add_printf(b, ",\"successes\":%llu,\"failures\":%llu},\"routes\":[", (unsigned long long)app->reloads_ok,
                         (unsigned long long)app->reloads_failed);
     for (size_t r = 0; r < cfg->n_routes; r++) {
         const struct route_conf *rt = &cfg->routes[r];
         evbuffer_add_printf(b, "%s{\"name\":", r ? "," : "");
-        admin_json_str(b, rt->name);
+        report_json_str(b, rt->name);
         ADD_LIT(b, ",\"match\":{\"host\":");
         if (rt->host) {
             char host[300];
             snprintf(host, sizeof(host), "%s%s", rt->host_suffix ? "*" : "", rt->host);
-            admin_json_str(b, host);
+            report_json_str(b, host);
         } else {
             ADD_LIT(b, "null");
         }
         evbuffer_add_printf(b, ",\"%s\":", rt->path_exact ? "path" : "path_prefix");
-        admin_json_str(b, rt->path);
+        report_json_str(b, rt->path);
         ADD_LIT(b, "},\"split\":[");
         for (size_t k = 0; k < rt->n_split; k++) {
             evbuffer_add_printf(b, "%s{\"cluster\":", k ? "," : "");
-            admin_json_str(b, rt->split[k].cluster->name);
+            report_json_str(b, rt->split[k].cluster->name);
             evbuffer_add_printf(b, ",\"weight\":%u,\"share\":%.6f}", rt->split[k].weight, live_share(rt, k));
         }
         static const char *sticky[] = {"none", "cookie", "header", "client_ip"};
@@ -322,7 +302,7 @@ void admin_status(struct app *app, struct evbuffer *b)
                             rt->retry.attempts, rt->retry.budget / 10000.0);
         if (rt->mirror.cluster) {
             ADD_LIT(b, "{\"cluster\":");
-            admin_json_str(b, rt->mirror.cluster->name);
+            report_json_str(b, rt->mirror.cluster->name);
             evbuffer_add_printf(b, ",\"percent\":%.2f,\"compare\":%s}", rt->mirror.share / 100.0,
                                 rt->mirror.compare ? "true" : "false");
         } else {
@@ -334,16 +314,16 @@ void admin_status(struct app *app, struct evbuffer *b)
     for (size_t c = 0; c < cfg->n_clusters; c++) {
         const struct cluster_conf *cl = &cfg->clusters[c];
         evbuffer_add_printf(b, "%s{\"name\":", c ? "," : "");
-        admin_json_str(b, cl->name);
+        report_json_str(b, cl->name);
         ADD_LIT(b, ",\"host\":");
         if (cl->host)
-            admin_json_str(b, cl->host);
+            report_json_str(b, cl->host);
         else
             ADD_LIT(b, "null");
         ADD_LIT(b, ",\"endpoints\":[");
         for (size_t e = 0; e < cl->n_endpoints; e++) {
             evbuffer_add_printf(b, "%s{\"name\":", e ? "," : "");
-            admin_json_str(b, cl->endpoints[e].name);
+            report_json_str(b, cl->endpoints[e].name);
             const struct ep_state *st = cl->endpoints[e].state;
             evbuffer_add_printf(b, ",\"usable\":%s}", health_usable(st, health_now_ms()) ? "true" : "false");
         }
@@ -435,7 +415,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         if (rc == CO_OK)
             ADD_LIT(b, "null");
         else
-            admin_json_str(b, app->last_reload_error);
+            report_json_str(b, app->last_reload_error);
         ADD_LIT(b, "}\n");
         if (rc == CO_OK)
             reply(req, 200, "OK", "application/json", b);

@@ -19,10 +19,4 @@ void admin_free(struct admin *a);
 void admin_metrics(struct app *app, struct evbuffer *out);
 void admin_status(struct app *app, struct evbuffer *out);
 
-/* Shared by the /status and /metrics writers (admin.c, health.c, ramp.c):
- * a JSON string with its quotes; a Prometheus label value (\\, \" and \n
- * escaped, no quotes). */
-void admin_json_str(struct evbuffer *b, const char *s);
-void admin_label_value(struct evbuffer *b, const char *s);
-
 #endif

@@ -35,8 +35,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "admin.h"
 #include "common.h"
+#include "report.h"
 #include "h1.h"
 #include "h2util.h"
 #include "upconnect.h"
@@ -1168,9 +1168,9 @@ void health_status_json(struct health *h, struct evbuffer *b)
                 continue;
             evbuffer_add_printf(b, "%s{\"cluster\":", first ? "" : ",");
             first = false;
-            admin_json_str(b, st->cluster);
+            report_json_str(b, st->cluster);
             ADD_LIT(b, ",\"endpoint\":");
-            admin_json_str(b, st->endpoint);
+            report_json_str(b, st->endpoint);
             bool resolved = atomic_load(&st->resolved);
             evbuffer_add_printf(b, ",\"usable\":%s,\"resolved\":%s,\"addresses\":[", health_usable(st, now) ? "true" : "false",
                                 resolved ? "true" : "false");
@@ -1179,7 +1179,7 @@ void health_status_json(struct health *h, struct evbuffer *b)
                 upconnect_addr_text((const struct sockaddr *)&st->addrs[k], a, sizeof(a));
                 if (k)
                     ADD_LIT(b, ",");
-                admin_json_str(b, a);
+                report_json_str(b, a);
             }
             bool has_probe = atomic_load(&st->has_probe);
             const char *probe = !has_probe ? "off" : atomic_load(&st->probe_down) ? "failing" : "passing";
@@ -1191,9 +1191,9 @@ void health_status_json(struct health *h, struct evbuffer *b)
                                 probe, ejected ? "true" : "false", (unsigned long long)(until > now ? until - now : 0),
                                 (unsigned long long)atomic_load(&st->ejections), (unsigned long long)st->probes_ok,
                                 (unsigned long long)st->probes_failed);
-            admin_json_str(b, st->last_probe_error);
+            report_json_str(b, st->last_probe_error);
             ADD_LIT(b, ",\"last_dns_error\":");
-            admin_json_str(b, st->last_dns_error);
+            report_json_str(b, st->last_dns_error);
             if (st->dns)
                 evbuffer_add_printf(b, ",\"dns_expires_in_s\":%lld}",
                                     (long long)(st->dns_expires_s > wall ? st->dns_expires_s - wall : 0));
@@ -1209,9 +1209,9 @@ void health_status_json(struct health *h, struct evbuffer *b)
 static void prom_labels(struct evbuffer *b, const struct ep_state *st)
 {
     ADD_LIT(b, "{cluster=\"");
-    admin_label_value(b, st->cluster);
+    report_label_value(b, st->cluster);
     ADD_LIT(b, "\",endpoint=\"");
-    admin_label_value(b, st->endpoint);
+    report_label_value(b, st->endpoint);
     ADD_LIT(b, "\"");
 }
 

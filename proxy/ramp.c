@@ -19,9 +19,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "admin.h"
 #include "app.h"
 #include "common.h"
+#include "report.h"
 #include "metrics.h"
 #include "worker.h"
 
@@ -471,7 +471,7 @@ void ramps_status_json(struct ramps *r, struct evbuffer *b)
         if (!first)
             ADD_LIT(b, ",");
         first = false;
-        admin_json_str(b, st->route);
+        report_json_str(b, st->route);
         evbuffer_add_printf(b, ":{\"step\":%d,\"steps\":%zu,\"share\":\"%s\",\"state\":\"%s\",\"next_step_in_s\":", k,
                             rt->ramp.n_steps, pct(p, sizeof(p), step_share(rt, k)), state_name(st, rt));
         int64_t next = st->held == NOT_HELD ? next_step_in_ms(&rt->ramp, st->step, now) : -1;
@@ -480,11 +480,11 @@ void ramps_status_json(struct ramps *r, struct evbuffer *b)
         else
             evbuffer_add_printf(b, "%lld", (long long)((next + 999) / 1000));
         evbuffer_add_printf(b, ",\"schedule_step\":%d,\"new_cluster\":", sched);
-        admin_json_str(b, rt->split[0].cluster->name);
+        report_json_str(b, rt->split[0].cluster->name);
         ADD_LIT(b, ",\"old_cluster\":");
-        admin_json_str(b, rt->split[1].cluster->name);
+        report_json_str(b, rt->split[1].cluster->name);
         evbuffer_add_printf(b, ",\"rollbacks\":%llu,\"reason\":", (unsigned long long)st->rollbacks);
-        admin_json_str(b, st->reason);
+        report_json_str(b, st->reason);
         ADD_LIT(b, ",\"rolled_back_at_s\":");
         if (st->rollbacks)
             evbuffer_add_printf(b, "%lld", (long long)st->rolled_back_at_s);
@@ -518,7 +518,7 @@ void ramps_metrics(struct ramps *r, struct evbuffer *b)
                 continue;
             int k = effective_step(st);
             evbuffer_add_printf(b, "%s{route=\"", fam[f].name);
-            admin_label_value(b, st->route);
+            report_label_value(b, st->route);
             ADD_LIT(b, "\"} ");
             switch (f) {
             case 0:
