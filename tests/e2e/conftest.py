@@ -1135,3 +1135,24 @@ def socket_inodes(pid):
         if target.startswith("socket:"):
             out.add(target)
     return out
+
+
+def metric_sum(samples, name, **labels):
+    """Sum of every sample of `name` whose labels include `labels` (a
+    subset match, e.g. all cutover_requests_total with decision="failover")."""
+    total = 0.0
+    for (n, lbls), v in samples.items():
+        if n != name:
+            continue
+        d = dict(lbls)
+        if all(d.get(k) == x for k, x in labels.items()):
+            total += v
+    return total
+
+
+def proxy_with_admin(procs, clusters, routes, workers=1):
+    """A proxy with an admin listener; returns (proxy, admin port)."""
+    admin_port = free_port()
+    proxy = procs.proxy(lambda port: with_admin(render_config(port, clusters, routes, workers=workers), admin_port))
+    wait_listening(admin_port)
+    return proxy, admin_port

@@ -14,8 +14,8 @@ import collections
 import threading
 import time
 
-from conftest import (SLOW, RawConn, admin_json, cluster, free_port, render_config, request, route, scrape,
-                      sticky_bucket, wait_for, wait_listening, with_admin)
+from conftest import (SLOW, RawConn, admin_json, cluster, free_port, metric_sum, proxy_with_admin, request, route, scrape,
+                      sticky_bucket, wait_for)
 
 HEALTH = {"path": "/healthz", "interval": "200ms", "timeout": "150ms", "healthy": 1, "unhealthy": 2}
 # Detection time of the active checks: unhealthy x interval + timeout.
@@ -25,25 +25,8 @@ DETECT_S = 2 * 0.200 + 0.150
 # ---------------------------------------------------------------- helpers
 
 
-def metric_sum(samples, name, **labels):
-    """Sum of every sample of `name` whose labels include `labels` (a
-    subset match, e.g. all cutover_requests_total with decision="failover")."""
-    total = 0.0
-    for (n, lbls), v in samples.items():
-        if n != name:
-            continue
-        d = dict(lbls)
-        if all(d.get(k) == x for k, x in labels.items()):
-            total += v
-    return total
 
 
-def start_proxy(procs, clusters, routes, workers=1):
-    """A proxy with an admin listener; returns (proxy, admin port)."""
-    admin_port = free_port()
-    proxy = procs.proxy(lambda port: with_admin(render_config(port, clusters, routes, workers=workers), admin_port))
-    wait_listening(admin_port)
-    return proxy, admin_port
 
 
 def endpoint_usable(admin_port, cluster_name, endpoint):
@@ -145,7 +128,7 @@ def test_steady_load_survives_one_cloud_stopping(procs):
     # eject.duration is shortened from the 30 s default so that an endpoint
     # ejected by connect failures in the first moments of the outage may
     # come back within the test once azure is up again.
-    proxy, admin = start_proxy(procs, [
+    proxy, admin = proxy_with_admin(procs, [
         cluster("aws", aws, health=HEALTH, eject={"duration": "2s"}),
         cluster("azure", azure, health=HEALTH, eject={"duration": "2s"}),
     ], [route("all", [("azure", 50), ("aws", 50)], retry={"attempts": 1})])
@@ -231,7 +214,7 @@ def test_steady_load_survives_one_cloud_stopping(procs):
 
 def test_sticky_users_fail_over_and_return(procs):
     aws, azure = procs.mock("aws"), procs.mock("azure")
-    proxy, admin = start_proxy(procs, [
+    proxy, admin = proxy_with_admin(procs, [
         cluster("aws", aws, health=HEALTH),
         cluster("azure", azure, health=HEALTH),
     ], [route("all", [("azure", 50), ("aws", 50)], sticky={"header": "x-user-id"})])
@@ -299,7 +282,7 @@ def test_sticky_users_fail_over_and_return(procs):
 
 def test_failover_false_gives_errors_for_the_dead_side(procs):
     aws, azure = procs.mock("aws"), procs.mock("azure")
-    proxy, admin = start_proxy(procs, [
+    proxy, admin = proxy_with_admin(procs, [
         cluster("aws", aws, health=HEALTH),
         cluster("azure", azure, health=HEALTH),
     ], [route("all", [("azure", 50), ("aws", 50)], failover=False, retry={"attempts": 1})])
@@ -340,7 +323,7 @@ def test_failover_false_gives_errors_for_the_dead_side(procs):
 def test_passive_ejection_after_connect_failures(procs):
     aws = procs.mock("aws")
     dead = f"127.0.0.1:{free_port()}"  # nothing listens here: connect refused
-    proxy, admin = start_proxy(procs, [cluster("aws", aws), cluster("azure", dead)],
+    proxy, admin = proxy_with_admin(procs, [cluster("aws", aws), cluster("azure", dead)],
                                [route("all", [("azure", 50), ("aws", 50)])])
     eject_after = 3  # eject.connect_failures default
 

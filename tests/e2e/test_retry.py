@@ -22,8 +22,7 @@ import h2.events
 import h2.exceptions
 import pytest
 
-from conftest import SLOW, cluster, free_port, render_config, request, route, scrape, wait_for, \
-    wait_listening, with_admin
+from conftest import SLOW, cluster, free_port, metric_sum, proxy_with_admin, request, route, scrape, wait_for
 
 KiB = 1024
 
@@ -38,23 +37,8 @@ def cluster_of(name, addrs, **kw):
     return c
 
 
-def metric_sum(samples, name, **labels):
-    """Sum of every sample of `name` whose labels include `labels`."""
-    total = 0.0
-    for (n, lbls), v in samples.items():
-        if n != name:
-            continue
-        d = dict(lbls)
-        if all(d.get(k) == x for k, x in labels.items()):
-            total += v
-    return total
 
 
-def start_proxy(procs, clusters, routes, workers=1):
-    admin_port = free_port()
-    proxy = procs.proxy(lambda port: with_admin(render_config(port, clusters, routes, workers=workers), admin_port))
-    wait_listening(admin_port)
-    return proxy, admin_port
 
 
 def recorded(mocks, target):
@@ -91,7 +75,7 @@ def pair(procs):
 def test_only_safe_requests_are_replayed(procs, pair):
     a1, a2 = pair
     attempts = 2
-    proxy, _ = start_proxy(procs, [cluster_of("aws", [a1, a2])],
+    proxy, _ = proxy_with_admin(procs, [cluster_of("aws", [a1, a2])],
                            [route("all", [("aws", 1)], retry={"attempts": attempts, "max_body": "1KiB"})])
     # Warm the pool: later /drop requests may go out on reused connections.
     for i in range(4):
@@ -143,7 +127,7 @@ def test_only_safe_requests_are_replayed(procs, pair):
 def test_post_retried_after_connect_refused(procs):
     ok = procs.mock("ok", record=True)
     dead = f"127.0.0.1:{free_port()}"  # nothing listens here
-    proxy, admin = start_proxy(procs, [cluster_of("half", [dead, ok])], [route("all", [("half", 1)])])
+    proxy, admin = proxy_with_admin(procs, [cluster_of("half", [dead, ok])], [route("all", [("half", 1)])])
     n = 6
     for i in range(n):
         t = f"/post?t=refused-{i}"
@@ -166,7 +150,7 @@ def test_post_retried_after_connect_refused(procs):
 
 
 def test_attempts_zero_never_retries(procs, pair):
-    proxy, _ = start_proxy(procs, [cluster_of("aws", list(pair))],
+    proxy, _ = proxy_with_admin(procs, [cluster_of("aws", list(pair))],
                            [route("all", [("aws", 1)], retry={"attempts": 0})])
     t = "/drop?t=zero"
     status, r = send(proxy, "GET", t)
@@ -179,7 +163,7 @@ def test_attempts_zero_never_retries(procs, pair):
 
 
 def test_timeout_is_not_retried(procs, pair):
-    proxy, _ = start_proxy(procs, [cluster_of("aws", list(pair), first_byte_timeout="300ms")],
+    proxy, _ = proxy_with_admin(procs, [cluster_of("aws", list(pair), first_byte_timeout="300ms")],
                            [route("all", [("aws", 1)], retry={"attempts": 2})])
     t = "/delay/1500?t=timeout"
     status, r = send(proxy, "GET", t)
@@ -213,7 +197,7 @@ def run_drops(procs, pair, tag, budget, n, attempts=3):
     """n sequential GET /drop through a fresh proxy (1 worker, failover off,
     one cluster of both mocks); returns (upstream attempts recorded,
     budget-exhausted count, retries count)."""
-    proxy, admin = start_proxy(procs, [cluster_of("pair", list(pair))],
+    proxy, admin = proxy_with_admin(procs, [cluster_of("pair", list(pair))],
                                [route("all", [("pair", 1)], failover=False,
                                       retry={"attempts": attempts, "budget": budget})])
     c = proxy.conn()
@@ -358,7 +342,7 @@ class RefuseFirstH2:
 def test_h2_refused_stream_post_is_retried(procs):
     up = RefuseFirstH2()
     try:
-        proxy, _ = start_proxy(procs, [cluster("h2up", up.addr, protocol="h2")], [route("all", [("h2up", 1)])])
+        proxy, _ = proxy_with_admin(procs, [cluster("h2up", up.addr, protocol="h2")], [route("all", [("h2up", 1)])])
         body = b"b" * 300
         r = proxy.get("/refused-post", method="POST", body=body)
         print(f"\nPOST over HTTP/2, first stream refused: {r.status}; upstream saw {up.requests}")
