@@ -206,20 +206,15 @@ void decide_wrr_init(struct decide_wrr *w, const struct route_conf *route)
  * zero after exactly `total` picks, which makes each cycle exact and
  * interleaved (90/10 never picks the 10 twice in a row).
  */
-int decide_weight(struct decide_wrr *w, const struct route_conf *route)
+static int wrr_next(struct decide_wrr *w, const int64_t *weight, size_t n)
 {
-    size_t n = route->n_split > DECIDE_MAX_SPLIT ? DECIDE_MAX_SPLIT : route->n_split;
-    if (w->n != n)
-        decide_wrr_init(w, route); /* state sized for another split: start a new cycle */
-
     int64_t total = 0;
     int best = -1;
     for (size_t i = 0; i < n; i++) {
-        int64_t weight = route->split[i].weight;
-        if (weight == 0)
+        if (weight[i] == 0)
             continue;
-        w->current[i] += weight;
-        total += weight;
+        w->current[i] += weight[i];
+        total += weight[i];
         if (best < 0 || w->current[i] > w->current[best])
             best = (int)i;
     }
@@ -228,11 +223,15 @@ int decide_weight(struct decide_wrr *w, const struct route_conf *route)
     return best;
 }
 
-/* ---- cookies ----------------------------------------------------------- */
-
-static bool is_ows(char c)
+int decide_weight(struct decide_wrr *w, const struct route_conf *route)
 {
-    return c == ' ' || c == '\t';
+    size_t n = route->n_split > DECIDE_MAX_SPLIT ? DECIDE_MAX_SPLIT : route->n_split;
+    if (w->n != n)
+        decide_wrr_init(w, route); /* state sized for another split: start a new cycle */
+    int64_t weight[DECIDE_MAX_SPLIT];
+    for (size_t i = 0; i < n; i++)
+        weight[i] = route->split[i].weight;
+    return wrr_next(w, weight, n);
 }
 
 int decide_weight_share(struct decide_wrr *w, uint32_t share)
@@ -244,16 +243,14 @@ int decide_weight_share(struct decide_wrr *w, uint32_t share)
     if (share > CONFIG_BUCKETS)
         share = CONFIG_BUCKETS;
     int64_t weight[2] = {share, CONFIG_BUCKETS - share};
-    int best = -1;
-    for (int i = 0; i < 2; i++) {
-        if (weight[i] == 0)
-            continue;
-        w->current[i] += weight[i];
-        if (best < 0 || w->current[i] > w->current[best])
-            best = i;
-    }
-    w->current[best] -= CONFIG_BUCKETS;
-    return best;
+    return wrr_next(w, weight, 2);
+}
+
+/* ---- cookies ----------------------------------------------------------- */
+
+static bool is_ows(char c)
+{
+    return c == ' ' || c == '\t';
 }
 
 /*

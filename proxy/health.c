@@ -138,21 +138,24 @@ static uint64_t jitter(struct health *h, uint64_t below)
     return (h->rng * 0x2545F4914F6CDD1DULL) % below;
 }
 
+/* Appends ", item" (or "item" first) to a log text, truncating at outlen. */
+static void list_add(char *out, size_t outlen, size_t *off, const char *item)
+{
+    if (*off + 1 >= outlen)
+        return;
+    int k = snprintf(out + *off, outlen - *off, "%s%s", *off ? ", " : "", item);
+    if (k > 0)
+        *off += (size_t)k < outlen - *off ? (size_t)k : outlen - *off - 1;
+}
+
 static void addr_list_text(const struct sockaddr_storage *addrs, size_t n, char *out, size_t outlen)
 {
     size_t off = 0;
-    out[0] = '\0';
-    if (n == 0) {
-        co_strlcpy(out, "none", outlen);
-        return;
-    }
-    for (size_t i = 0; i < n && off + 1 < outlen; i++) {
+    co_strlcpy(out, n ? "" : "none", outlen);
+    for (size_t i = 0; i < n; i++) {
         char a[64];
         upconnect_addr_text((const struct sockaddr *)&addrs[i], a, sizeof(a));
-        int k = snprintf(out + off, outlen - off, "%s%s", i ? ", " : "", a);
-        if (k < 0)
-            break;
-        off += (size_t)k;
+        list_add(out, outlen, &off, a);
     }
 }
 
@@ -1002,28 +1005,20 @@ static bool same_nameservers(const struct health *h, const struct config *cfg)
     return true;
 }
 
-static void list_text(char **items, size_t n, char *out, size_t outlen)
+static void nameservers_text(char **items, size_t n, char *out, size_t outlen)
 {
     size_t off = 0;
-    out[0] = '\0';
-    if (n == 0) {
-        co_strlcpy(out, "/etc/resolv.conf", outlen);
-        return;
-    }
-    for (size_t i = 0; i < n && off + 1 < outlen; i++) {
-        int k = snprintf(out + off, outlen - off, "%s%s", i ? ", " : "", items[i]);
-        if (k < 0)
-            break;
-        off += (size_t)k;
-    }
+    co_strlcpy(out, n ? "" : "/etc/resolv.conf", outlen);
+    for (size_t i = 0; i < n; i++)
+        list_add(out, outlen, &off, items[i]);
 }
 
 int health_attach(struct health *h, struct config *cfg, char *err, size_t errlen)
 {
     if (!same_nameservers(h, cfg)) {
         char was[256], now[256];
-        list_text(h->nameservers, h->n_nameservers, was, sizeof(was));
-        list_text(cfg->dns.nameservers, cfg->dns.n_nameservers, now, sizeof(now));
+        nameservers_text(h->nameservers, h->n_nameservers, was, sizeof(was));
+        nameservers_text(cfg->dns.nameservers, cfg->dns.n_nameservers, now, sizeof(now));
         snprintf(err, errlen,
                  "%s: dns.nameservers changed (running with [%s], the file says [%s]); nameservers are fixed at start: restart "
                  "cutover to change them",

@@ -106,9 +106,16 @@ void pool_update(struct pool *p, const struct config *cfg)
     p->cfg = cfg;
 }
 
+/* Whether `cluster` belongs to the snapshot the pool was last updated to
+ * (streams of an older snapshot may still be running). */
+static bool is_current(const struct pool *p, const struct cluster_conf *cluster)
+{
+    return p->cfg != NULL && cluster->index < p->n_clusters && &p->cfg->clusters[cluster->index] == cluster;
+}
+
 static struct ep_pool *ep_for(struct pool *p, const struct cluster_conf *cluster, size_t i)
 {
-    if (p->cfg != NULL && cluster->index < p->n_clusters && &p->cfg->clusters[cluster->index] == cluster)
+    if (is_current(p, cluster))
         return p->clusters[cluster->index].eps[i];
     /* A stream of an older config snapshot: find by name. */
     const struct endpoint_conf *e = &cluster->endpoints[i];
@@ -133,8 +140,7 @@ struct ep_pool *pool_pick(struct pool *p, const struct cluster_conf *cluster, co
                           const struct endpoint_conf **endpoint)
 {
     size_t n = cluster->n_endpoints;
-    bool current = p->cfg != NULL && cluster->index < p->n_clusters && &p->cfg->clusters[cluster->index] == cluster;
-    size_t start = current ? p->clusters[cluster->index].rr++ : p->rr++;
+    size_t start = is_current(p, cluster) ? p->clusters[cluster->index].rr++ : p->rr++;
     uint64_t now = health_now_ms();
     int usable = -1, avoided = -1, panic = -1;
     for (size_t k = 0; k < n && usable < 0; k++) {
@@ -158,12 +164,12 @@ struct ep_pool *pool_pick(struct pool *p, const struct cluster_conf *cluster, co
     return ep_for(p, cluster, (size_t)i);
 }
 
-/* DNS moved the addresses: take the new list and close idle connections to
+/* If DNS moved the addresses: take the new list and close idle connections to
  * addresses that left (active ones finish their exchange and are not
  * reused: see pool_addr_current). */
 static void refresh_addrs(struct ep_pool *ep)
 {
-    if (!health_addrs(ep->st, &ep->addr_gen, ep->addrs, ep->addr_lens, &ep->n_addrs))
+    if (ep->st == NULL || !health_addrs(ep->st, &ep->addr_gen, ep->addrs, ep->addr_lens, &ep->n_addrs))
         return;
     for (size_t i = 0; i < ep->n_addrs; i++)
         upconnect_addr_text((const struct sockaddr *)&ep->addrs[i], ep->addr_text[i], sizeof(ep->addr_text[i]));
@@ -180,8 +186,7 @@ static void refresh_addrs(struct ep_pool *ep)
 
 bool pool_next_addr(struct ep_pool *ep, const struct sockaddr **sa, socklen_t *len)
 {
-    if (ep->st != NULL && atomic_load_explicit(&ep->st->addr_gen, memory_order_acquire) != ep->addr_gen)
-        refresh_addrs(ep);
+    refresh_addrs(ep);
     if (ep->n_addrs == 0)
         return false;
     size_t i = ep->addr_rr++ % ep->n_addrs;
@@ -205,8 +210,7 @@ bool pool_young(const struct ep_pool *ep, uint64_t born_ms)
 
 struct upconn *pool_take_idle(struct ep_pool *ep)
 {
-    if (ep->st != NULL && atomic_load_explicit(&ep->st->addr_gen, memory_order_acquire) != ep->addr_gen)
-        refresh_addrs(ep);
+    refresh_addrs(ep);
     struct upconn *c;
     while ((c = TAILQ_FIRST(&ep->idle)) != NULL) {
         if (!pool_young(ep, c->born_ms)) {

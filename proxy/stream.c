@@ -303,6 +303,14 @@ void stream_worker_routes(struct worker *w, const struct config *cfg)
     w->ramp_seen = co_calloc(n, sizeof(*w->ramp_seen));
 }
 
+static void first_attempt(struct stream *s)
+{
+    s->body_buf = evbuffer_new();
+    s->attempts = 1;
+    s->t_up_start_us = co_now_us();
+    upstream_start(s, false);
+}
+
 void stream_start(struct stream *s)
 {
     const struct route_conf *r;
@@ -313,15 +321,12 @@ void stream_start(struct stream *s)
         return;
     }
     decide(s);
-    if (r->failover && !cluster_usable(s->cluster, NULL, health_now_ms())) {
-        int j = failover_split(s, health_now_ms());
-        if (j >= 0) {
-            s->split_index = j;
-            s->cluster = r->split[j].cluster;
-            s->reason = DECIDE_FAILOVER;
-        }
-    }
-    bind_stats(s);
+    uint64_t now = health_now_ms();
+    int j = r->failover && !cluster_usable(s->cluster, NULL, now) ? failover_split(s, now) : -1;
+    if (j >= 0)
+        switch_side(s, j);
+    else
+        bind_stats(s);
     struct retry_budget *b = route_budget(s);
     if (b) {
         b->milli += r->retry.budget / 10;
@@ -350,19 +355,13 @@ void stream_start(struct stream *s)
     } else if (r->mirror.cluster != NULL && !s->websocket) {
         mirror_begin(s); /* no body: the copy starts now */
     }
-    s->body_buf = evbuffer_new();
-    s->attempts = 1;
-    s->t_up_start_us = co_now_us();
-    upstream_start(s, false);
+    first_attempt(s);
 }
 
 void stream_start_shadow(struct stream *s)
 {
     s->shadow = true;
-    s->body_buf = evbuffer_new();
-    s->attempts = 1;
-    s->t_up_start_us = co_now_us();
-    upstream_start(s, false);
+    first_attempt(s);
 }
 
 void stream_copy_buffer(struct evbuffer *dst, struct evbuffer *src)

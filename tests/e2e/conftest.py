@@ -23,6 +23,7 @@ import os
 import random
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -844,6 +845,40 @@ def parse_h2load(out):
     d = dict(zip(keys, map(int, m.groups())))
     d.update(zip(("2xx", "3xx", "4xx", "5xx"), map(int, s.groups())))
     return d
+
+
+NGHTTPD = shutil.which("nghttpd") or "/usr/sbin/nghttpd"
+needs_nghttpd = pytest.mark.skipif(not os.path.exists(NGHTTPD),
+                                   reason="nghttpd not installed (apt-get install nghttp2-server)")
+
+
+class Nghttpd:
+    """nghttpd on a port of its own, serving `docroot` (h2c, or h2 over TLS
+    with cert/key) with --echo-upload."""
+
+    def __init__(self, workdir, docroot, cert=None):
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.err_path = os.path.join(workdir, f"nghttpd-{self.port}.log")
+        args = [NGHTTPD, "--echo-upload", "-d", docroot, "-a", "127.0.0.1"]
+        args += [str(self.port), cert[1], cert[0]] if cert else ["--no-tls", str(self.port)]
+        self._err = open(self.err_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=self._err, stderr=self._err, stdin=subprocess.DEVNULL)
+        wait_listening(self.port)
+
+    def connections(self):
+        """TCP connections made to it so far (TIME_WAIT included)."""
+        return len(tcp_peer_ports(self.port))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._err.close()
 
 
 class H2Conn:

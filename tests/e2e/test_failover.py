@@ -59,6 +59,18 @@ def restart(procs, mock):
     return procs.mock(mock.name, record=mock.record_path is not None, listen=f"127.0.0.1:{mock.port}")
 
 
+def two_clouds(procs, cluster_kw=None, **route_kw):
+    """Mocks for aws and azure behind a 50/50 route, both checked with
+    HEALTH; returns once both are usable: (aws, azure, proxy, admin)."""
+    aws, azure = procs.mock("aws"), procs.mock("azure")
+    kw = dict(cluster_kw or {}, health=HEALTH)
+    proxy, admin = proxy_with_admin(procs, [cluster("aws", aws, **kw), cluster("azure", azure, **kw)],
+                                    [route("all", [("azure", 50), ("aws", 50)], **route_kw)])
+    wait_usable(admin, "aws", aws.addr, True, 5)
+    wait_usable(admin, "azure", azure.addr, True, 5)
+    return aws, azure, proxy, admin
+
+
 class Load:
     """`threads` keep-alive HTTP/1.1 clients sending GETs back to back until
     stop(), `max_per_thread` requests each, or `max_seconds`. Every request
@@ -124,16 +136,10 @@ class Load:
 
 
 def test_steady_load_survives_one_cloud_stopping(procs):
-    aws, azure = procs.mock("aws"), procs.mock("azure")
     # eject.duration is shortened from the 30 s default so that an endpoint
     # ejected by connect failures in the first moments of the outage may
     # come back within the test once azure is up again.
-    proxy, admin = proxy_with_admin(procs, [
-        cluster("aws", aws, health=HEALTH, eject={"duration": "2s"}),
-        cluster("azure", azure, health=HEALTH, eject={"duration": "2s"}),
-    ], [route("all", [("azure", 50), ("aws", 50)], retry={"attempts": 1})])
-    wait_usable(admin, "aws", aws.addr, True, 5)
-    wait_usable(admin, "azure", azure.addr, True, 5)
+    aws, azure, proxy, admin = two_clouds(procs, {"eject": {"duration": "2s"}}, retry={"attempts": 1})
     m0 = scrape(admin)
 
     load = Load(proxy.port, threads=3, max_per_thread=20000, max_seconds=60).start()
@@ -213,13 +219,7 @@ def test_steady_load_survives_one_cloud_stopping(procs):
 
 
 def test_sticky_users_fail_over_and_return(procs):
-    aws, azure = procs.mock("aws"), procs.mock("azure")
-    proxy, admin = proxy_with_admin(procs, [
-        cluster("aws", aws, health=HEALTH),
-        cluster("azure", azure, health=HEALTH),
-    ], [route("all", [("azure", 50), ("aws", 50)], sticky={"header": "x-user-id"})])
-    wait_usable(admin, "aws", aws.addr, True, 5)
-    wait_usable(admin, "azure", azure.addr, True, 5)
+    aws, azure, proxy, admin = two_clouds(procs, sticky={"header": "x-user-id"})
     users = [f"user-{i}" for i in range(200)]
 
     def visit(phase):
@@ -281,13 +281,7 @@ def test_sticky_users_fail_over_and_return(procs):
 
 
 def test_failover_false_gives_errors_for_the_dead_side(procs):
-    aws, azure = procs.mock("aws"), procs.mock("azure")
-    proxy, admin = proxy_with_admin(procs, [
-        cluster("aws", aws, health=HEALTH),
-        cluster("azure", azure, health=HEALTH),
-    ], [route("all", [("azure", 50), ("aws", 50)], failover=False, retry={"attempts": 1})])
-    wait_usable(admin, "aws", aws.addr, True, 5)
-    wait_usable(admin, "azure", azure.addr, True, 5)
+    aws, azure, proxy, admin = two_clouds(procs, failover=False, retry={"attempts": 1})
     assert {proxy.get(f"/warm/{i}").header("x-served-by") for i in range(4)} == {"aws", "azure"}
 
     azure.stop()

@@ -8,15 +8,10 @@ Failover (which side serves while an endpoint is out) is test_failover.py's.
 """
 import os
 import re
-import shutil
-import subprocess
-
-import pytest
 
 from certs import make_ca, make_leaf
-from conftest import (SLOW, admin_json, cluster, free_port, metric, render_config, route, scrape, wait_for,
-                      wait_listening, with_admin)
-
+from conftest import (SLOW, Nghttpd, admin_json, cluster, free_port, metric, needs_nghttpd, render_config, route, scrape,
+                      wait_for, wait_listening, with_admin)
 
 
 def ms(v):
@@ -31,9 +26,6 @@ HEALTH = {"path": "/healthz", "interval": ms(INTERVAL), "timeout": ms(TIMEOUT), 
 # timeout, with room for a loaded machine (wait_for scales it under ASan).
 DETECT_S = (2 * 1.1 * INTERVAL + TIMEOUT) / 1000 + 2.0
 
-NGHTTPD = shutil.which("nghttpd") or "/usr/sbin/nghttpd"
-needs_nghttpd = pytest.mark.skipif(not os.path.exists(NGHTTPD),
-                                   reason="nghttpd not installed (apt-get install nghttp2-server)")
 
 
 # ---------------------------------------------------------------- helpers
@@ -229,30 +221,6 @@ def test_passive_ejection_and_state_across_reloads(procs):
 
 
 # ---------------------------------------------------------------- HTTP/2 probes
-
-
-class Nghttpd:
-    """nghttpd serving `docroot`: h2c (prior knowledge), or h2 over TLS."""
-
-    def __init__(self, workdir, docroot, cert=None):
-        self.port = free_port()
-        self.addr = f"127.0.0.1:{self.port}"
-        self.err_path = os.path.join(workdir, f"nghttpd-health-{self.port}.log")
-        args = [NGHTTPD, "-d", docroot, "-a", "127.0.0.1"]
-        args += [str(self.port), cert[1], cert[0]] if cert else ["--no-tls", str(self.port)]
-        self._err = open(self.err_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=self._err, stderr=self._err, stdin=subprocess.DEVNULL)
-        wait_listening(self.port)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._err.close()
 
 
 @needs_nghttpd

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import select
-import shutil
 import socket
 import struct
 import subprocess
@@ -34,13 +33,10 @@ import hyperframe.frame
 import pytest
 
 from certs import make_ca, make_leaf
-from conftest import (PATTERN, SANITIZE, SLOW, H2Conn, cluster, free_port, parse_h2load, pattern_sha256, render_config,
-                      request, route, rss_kb, tcp_peer_ports, wait_for, wait_listening)
+from conftest import (PATTERN, SANITIZE, SLOW, H2Conn, Nghttpd, cluster, free_port, needs_nghttpd, parse_h2load,
+                      pattern_sha256, render_config, request, route, rss_kb, wait_for, wait_listening)
 
 MiB = 1 << 20
-NGHTTPD = shutil.which("nghttpd") or "/usr/sbin/nghttpd"
-needs_nghttpd = pytest.mark.skipif(not os.path.exists(NGHTTPD),
-                                   reason="nghttpd not installed (apt-get install nghttp2-server)")
 
 
 def pattern(n):
@@ -327,35 +323,6 @@ class _Conn:
 
 
 # ---------------------------------------------------------------- nghttpd
-
-
-class Nghttpd:
-    """nghttpd on a port of its own, serving `docroot` (h2c, or h2 over TLS
-    with cert/key) with --echo-upload."""
-
-    def __init__(self, workdir, docroot, cert=None):
-        self.port = free_port()
-        self.addr = f"127.0.0.1:{self.port}"
-        self.err_path = os.path.join(workdir, f"nghttpd-{self.port}.log")
-        args = [NGHTTPD, "--echo-upload", "-d", docroot, "-a", "127.0.0.1"]
-        args += [str(self.port), cert[1], cert[0]] if cert else ["--no-tls", str(self.port)]
-        self._err = open(self.err_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=self._err, stderr=self._err, stdin=subprocess.DEVNULL)
-        wait_listening(self.port)
-
-    def connections(self):
-        """TCP connections made to it so far (TIME_WAIT included)."""
-        return len(tcp_peer_ports(self.port))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._err.close()
 
 
 @pytest.fixture(scope="module")
